@@ -1,0 +1,160 @@
+"""`diag check` as a function: inputs -> Run -> rules -> Result -> reports, and an exit code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diag.errors import UsageError
+from diag.model import Result, Severity
+
+FINGERPRINT_BYTES = 1 << 20
+
+
+@dataclass
+class CheckOptions:
+    checkpoint: str | None = None
+    init: str | None = None
+    select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    fmt: str = "text"
+    output: str | None = None
+    html: str | None = None
+    fail_on: str = "error"
+    quiet: bool = True
+
+
+def exit_code(result: Result, fail_on: str) -> int:
+    if fail_on == "never":
+        return 0
+    worst = result.worst()
+    return 1 if worst is not None and worst >= Severity.parse(fail_on) else 0
+
+
+def check(options: CheckOptions) -> tuple[Result, Any]:
+    """Load the inputs, run the selected rules, return the Result and the Run."""
+    from diag.engine import run_rules
+    from diag.loaders.checkpoint import open_checkpoint
+    from diag.registry import load_rules, select_rules
+    from diag.run import Run
+
+    if not options.checkpoint:
+        raise UsageError("nothing to check: give a CHECKPOINT or set `checkpoint` in [tool.diag]")
+    try:
+        specs = select_rules(load_rules(), options.select, options.ignore)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    run = Run(checkpoint=open_checkpoint(options.checkpoint))
+    if options.init:
+        run.init = open_checkpoint(options.init)
+    with _progress(options.quiet, run.total_bytes()) as advance:
+        run.prepare(advance)
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    metadata = {
+        "inputs": _inputs(run),
+        "generated": started.isoformat(),
+        "rules_run": len(specs),
+    }
+    return run_rules(run, specs, metadata), run
+
+
+def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:
+    from diag.reports import render
+
+    result, run = check(options)
+    text = render(options.fmt, result, run)
+    if options.output:
+        write_atomic(Path(options.output), text)
+    else:
+        echo(text, nl=False)
+    if options.html:
+        write_atomic(Path(options.html), render("html", result, run))
+    return exit_code(result, options.fail_on)
+
+
+def _inputs(run: Any) -> list[dict[str, Any]]:
+    out = []
+    for role in ("checkpoint", "init"):
+        ckpt = getattr(run, role)
+        if ckpt is None:
+            continue
+        path = Path(ckpt.path)
+        entry: dict[str, Any] = {"role": role, "path": ckpt.path, "format": ckpt.format}
+        if path.is_file():
+            entry["bytes"] = path.stat().st_size
+            entry["fingerprint"] = quick_fingerprint(path)
+        entry["tensors"] = len(ckpt.infos())
+        if ckpt.meta.epoch is not None:
+            entry["epoch"] = ckpt.meta.epoch
+        if ckpt.meta.global_step is not None:
+            entry["global_step"] = ckpt.meta.global_step
+        out.append(entry)
+    return out
+
+
+def quick_fingerprint(path: Path) -> str:
+    """sha256 of the size and the first and last MiB: identifies a file without rereading GBs."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(FINGERPRINT_BYTES))
+        if size > 2 * FINGERPRINT_BYTES:
+            fh.seek(-FINGERPRINT_BYTES, os.SEEK_END)
+            h.update(fh.read(FINGERPRINT_BYTES))
+    return "sha256-ends:" + h.hexdigest()[:32]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a failed run never leaves half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _progress:
+    """A rich progress bar over bytes read, or a no-op when quiet / not a terminal."""
+
+    def __init__(self, quiet: bool, total: int) -> None:
+        self.quiet = quiet or total < 64 * 1024 * 1024
+        self.total = total
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("reading tensors"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._bar.start()
+        task = self._bar.add_task("read", total=self.total)
+        return lambda done, total: self._bar.update(task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self._bar.stop()

@@ -1,0 +1,166 @@
+"""The `diag` command line. Heavy libraries (torch, onnx, jinja2) load only inside commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from diag import __version__
+from diag.errors import DiagError, UsageError
+
+FORMATS = ("text", "json", "html")
+FAIL_ON = ("info", "warning", "error", "never")
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"diag: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="diag")
+def cli() -> None:
+    """diag: find the silent failures of a training run before you trust it."""
+
+
+@cli.command()
+@click.argument("checkpoint", required=False)
+@click.option("--init", "init_path", metavar="PATH", help="The checkpoint saved before training.")
+@click.option(
+    "--select", multiple=True, metavar="RULES", help="Only these rules or groups (comma list)."
+)
+@click.option(
+    "--ignore", multiple=True, metavar="RULES", help="Skip these rules or groups (comma list)."
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format (default text).")
+@click.option("--output", "-o", metavar="PATH", help="Write the report here instead of stdout.")
+@click.option("--html", "html_path", metavar="PATH", help="Also write the HTML audit report here.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(FAIL_ON),
+    help="Exit 1 at or above this severity (default error).",
+)
+@click.option(
+    "--config", "config_path", metavar="PATH", help="Config file (default: nearest pyproject.toml)."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def check(
+    checkpoint: str | None,
+    init_path: str | None,
+    select: tuple[str, ...],
+    ignore: tuple[str, ...],
+    fmt: str | None,
+    output: str | None,
+    html_path: str | None,
+    fail_on: str | None,
+    config_path: str | None,
+    quiet: bool,
+) -> None:
+    """Check a training run's checkpoint (and optionally its initial weights)."""
+    from diag.check import CheckOptions, run_check
+
+    try:
+        from diag.config import load_config
+
+        config = load_config(config_path)
+        options = CheckOptions(
+            checkpoint=checkpoint or config.get("checkpoint"),
+            init=init_path or config.get("init"),
+            select=_split(select) or config.get("select", []),
+            ignore=_split(ignore) or config.get("ignore", []),
+            fmt=fmt or config.get("format", "text"),
+            output=output or config.get("output"),
+            html=html_path or config.get("html"),
+            fail_on=fail_on or config.get("fail-on", "error"),
+            quiet=quiet or not sys.stderr.isatty(),
+        )
+        code = run_check(options, echo=click.echo)
+    except DiagError as exc:
+        fail(str(exc))
+    except MemoryError:
+        fail("out of memory while reading the inputs")
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("name", required=False)
+def rules(name: str | None) -> None:
+    """List the rule catalogue, or explain one rule."""
+    from diag.registry import load_rules
+
+    specs = load_rules()
+    if name is None:
+        width = max(len(s.name) for s in specs)
+        group = None
+        for spec in specs:
+            if spec.group != group:
+                group = spec.group
+                click.echo(f"[{group}]")
+            click.echo(f"  {spec.name:<{width}}  {spec.severity.label:<7}  {spec.summary}")
+        click.echo("\n`diag rules NAME` explains one rule.")
+        return
+    by_name = {s.name: s for s in specs}
+    if name not in by_name:
+        fail(f"unknown rule {name!r} (see `diag rules`)")
+    spec = by_name[name]
+    click.echo(f"{spec.name} [{spec.group}] default severity: {spec.severity.label}")
+    needs = ", ".join((*spec.needs, *(f"{u} (optional)" for u in spec.uses)))
+    click.echo(f"inputs: {needs}")
+    options = spec.options()
+    if options:
+        click.echo("options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    click.echo("")
+    click.echo(spec.doc)
+
+
+@cli.command()
+@click.argument("directory", default="diag-demo", required=False)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def demo(directory: str, quiet: bool) -> None:
+    """Train tiny real models on scikit-learn's digits, plant faults, and check them."""
+    try:
+        from diag.demo import run_demo
+
+        code = run_demo(Path(directory), echo=_echo(quiet))
+    except DiagError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
+def _echo(quiet: bool) -> Callable[..., Any]:
+    return (lambda *a, **k: None) if quiet else click.echo
+
+
+def main() -> None:
+    try:
+        code = cli.main(prog_name="diag", standalone_mode=False)
+        sys.exit(code or 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        fail(f"{exc.format_message()}{hint}")
+    except click.Abort:
+        click.echo("diag: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("diag: interrupted", err=True)
+        sys.exit(130)
+    except DiagError as exc:  # pragma: no cover - commands catch their own
+        fail(str(exc))
+    except Exception as exc:
+        if os.environ.get("DIAG_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (set DIAG_DEBUG=1 for a traceback)")
+
+
+__all__ = ["UsageError", "cli", "main"]

@@ -1,0 +1,76 @@
+"""`[tool.diag]` configuration from pyproject.toml (or a file given with --config)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diag.errors import UsageError
+
+KEYS = ("checkpoint", "init", "select", "ignore", "fail-on", "format", "output", "html")
+PATH_KEYS = ("checkpoint", "init", "output", "html")
+FAIL_ON = ("info", "warning", "error", "never")
+
+
+@dataclass(frozen=True)
+class Config:
+    values: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+def find_pyproject(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | None = None, cwd: Path | None = None) -> Config:
+    """The [tool.diag] table, validated; paths made relative to the file that set them."""
+    path = Path(explicit) if explicit else find_pyproject(cwd or Path.cwd())
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: invalid TOML ({exc})") from None
+    table = data.get("tool", {}).get("diag")
+    if table is None:
+        if explicit and path.name != "pyproject.toml":
+            table = data  # a dedicated diag.toml may hold the keys at top level
+        else:
+            return Config(source=None)
+    return Config(_validate(table, path), path)
+
+
+def _validate(table: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [tool.diag] must be a table")
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown [tool.diag] key(s): {', '.join(unknown)} (known: {', '.join(KEYS)})"
+        )
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in ("select", "ignore"):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise UsageError(f"{path}: [tool.diag] {key} must be a list of rule or group names")
+        elif not isinstance(value, str):
+            raise UsageError(f"{path}: [tool.diag] {key} must be a string")
+        if key == "fail-on" and value not in FAIL_ON:
+            raise UsageError(f"{path}: [tool.diag] fail-on must be one of {', '.join(FAIL_ON)}")
+        if key in PATH_KEYS:
+            value = str(path.parent / value)
+        values[key] = value
+    return values

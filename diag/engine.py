@@ -1,0 +1,47 @@
+"""Run the selected rules over a Run and collect a Result."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from diag.model import Finding, Result, RuleError, Skipped
+from diag.registry import RuleSpec
+from diag.run import MISSING_REASONS, Run
+
+
+def run_rules(
+    run: Run, specs: Iterable[RuleSpec], metadata: dict[str, Any] | None = None
+) -> Result:
+    findings: list[Finding] = []
+    skipped: list[Skipped] = []
+    errors: list[RuleError] = []
+    timings: dict[str, float] = {}
+    for spec in specs:
+        missing = [n for n in spec.needs if not run.available(n)]
+        if missing:
+            skipped.append(
+                Skipped(spec.name, MISSING_REASONS.get(missing[0], f"needs {missing[0]}"))
+            )
+            continue
+        kwargs = {n: run.artifact(n) for n in (*spec.needs, *spec.uses)}
+        start = time.perf_counter()
+        try:
+            for found in spec.func(**kwargs):
+                findings.append(
+                    dataclasses.replace(
+                        found,
+                        rule=spec.name,
+                        group=spec.group,
+                        severity=found.severity or spec.severity,
+                    )
+                )
+        except Exception as exc:  # a broken rule is reported, and the other rules still run
+            errors.append(RuleError(spec.name, f"{type(exc).__name__}: {exc}"))
+        timings[spec.name] = round(time.perf_counter() - start, 6)
+    findings.sort(key=lambda f: (-f.severity, f.rule, f.location.artifact, f.location.object))  # type: ignore[operator]
+    meta = dict(metadata or {})
+    meta["timings"] = timings
+    return Result(tuple(findings), tuple(skipped), tuple(errors), meta)

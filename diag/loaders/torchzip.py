@@ -1,0 +1,162 @@
+"""PyTorch zip checkpoints (`torch.save` since 1.6): read safely and lazily.
+
+The pickle (`data.pkl`) goes through diag's restricted unpickler, which turns every tensor
+into a `TensorRef`. A tensor's bytes are read only when asked for, straight from its
+uncompressed zip entry, so one tensor is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diag.errors import InputError
+from diag.loaders.safe_pickle import (
+    CodeInPickle,
+    StorageRef,
+    TensorRef,
+    UnsupportedPickle,
+    restricted_loads,
+)
+from diag.loaders.table import ITEMSIZE
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_ENTRIES = 2_000_000
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+class TorchZip:
+    """An opened torch zip archive: its unpickled root object and a reader for storages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = path.stat().st_size
+        try:
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+                self._check_entries(infos)
+                self.prefix = self._prefix(infos)
+                names = {i.filename: i for i in infos}
+                if f"{self.prefix}constants.pkl" in names or any(
+                    n.startswith(f"{self.prefix}code/") for n in names
+                ):
+                    raise InputError(
+                        path, "TorchScript archive: it carries code and loading it would run it"
+                    )
+                pkl = names.get(f"{self.prefix}data.pkl")
+                if pkl is None:
+                    raise InputError(path, "zip archive without data.pkl: not a torch checkpoint")
+                order = names.get(f"{self.prefix}byteorder")
+                if order is not None and zf.read(order).strip() not in (b"little", b""):
+                    raise InputError(path, "big-endian torch checkpoint is not supported")
+                data = zf.read(pkl)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            raise InputError(path, f"corrupt or truncated zip archive ({exc})") from None
+        except (RuntimeError, NotImplementedError) as exc:
+            raise InputError(path, f"unreadable zip archive ({exc})") from None
+        self._entries = names
+        try:
+            self.root = restricted_loads(data)
+        except CodeInPickle as exc:
+            raise InputError(path, str(exc)) from None
+        except UnsupportedPickle as exc:
+            raise InputError(path, f"unreadable checkpoint pickle: {exc}") from None
+        self._fd: int | None = None
+
+    @staticmethod
+    def _check_entries(infos: list[zipfile.ZipInfo]) -> None:
+        if len(infos) > MAX_ENTRIES:
+            raise InputError("", f"zip archive with {len(infos)} entries (cap {MAX_ENTRIES})")
+        seen: set[str] = set()
+        for info in infos:
+            if info.filename in seen:
+                raise zipfile.BadZipFile(f"duplicate entry {info.filename!r}")
+            seen.add(info.filename)
+
+    @staticmethod
+    def _prefix(infos: list[zipfile.ZipInfo]) -> str:
+        for info in infos:
+            if info.filename.endswith("data.pkl") and info.filename.count("/") == 1:
+                return info.filename.rsplit("data.pkl", 1)[0]
+        return ""
+
+    def _data_span(self, storage: StorageRef) -> tuple[int, int]:
+        """(file offset, length) of a storage's bytes, checked against the archive."""
+        info = self._entries.get(f"{self.prefix}data/{storage.key}")
+        if info is None:
+            raise InputError(self.path, f"storage {storage.key!r} is missing from the archive")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise InputError(self.path, f"storage {storage.key!r} is compressed (torch never does)")
+        itemsize = 1 if storage.untyped else ITEMSIZE.get(storage.dtype, 0)
+        if itemsize == 0 or info.file_size != storage.numel * itemsize:
+            raise InputError(
+                self.path,
+                f"storage {storage.key!r} holds {info.file_size} bytes, "
+                f"its header says {storage.numel * max(itemsize, 1)}",
+            )
+        header = self._pread(info.header_offset, _LOCAL_HEADER.size)
+        fields = _LOCAL_HEADER.unpack(header) if len(header) == _LOCAL_HEADER.size else None
+        if fields is None or fields[0] != b"PK\x03\x04":
+            raise InputError(self.path, f"corrupt zip entry for storage {storage.key!r}")
+        start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        if start + info.file_size > self.size:
+            raise InputError(self.path, "truncated: a storage runs past the end of the file")
+        return start, info.file_size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return os.pread(self._fd, length, offset)
+
+    def read(self, ref: TensorRef, name: str) -> torch.Tensor:
+        import torch
+
+        start, length = self._data_span(ref.storage)
+        itemsize = ITEMSIZE[ref.dtype]
+        numel = 1
+        for s in ref.size:
+            numel *= s
+        if numel == 0:
+            return torch.empty(ref.size, dtype=getattr(torch, ref.dtype))
+        last = ref.offset + sum((n - 1) * st for n, st in zip(ref.size, ref.stride, strict=True))
+        # Offsets and strides count elements of the tensor's dtype within its storage.
+        if (last + 1) * itemsize > length:
+            raise InputError(self.path, f"tensor {name!r} reaches past the end of its storage")
+        first_byte = ref.offset * itemsize
+        span = (last + 1) * itemsize - first_byte
+        buf = bytearray(span)
+        view = memoryview(buf)
+        got = 0
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        while got < span:
+            n = os.preadv(self._fd, [view[got:]], start + first_byte + got)
+            if n <= 0:
+                raise InputError(self.path, "truncated: a tensor's bytes end early")
+            got += n
+        flat = torch.frombuffer(buf, dtype=getattr(torch, ref.dtype))
+        if ref.stride == _contiguous_stride(ref.size):
+            return flat[:numel].view(ref.size)
+        return flat.as_strided(ref.size, ref.stride).contiguous()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _contiguous_stride(size: tuple[int, ...]) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for n in reversed(size):
+        stride.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(stride))
+
+
+def is_tensor_ref(value: Any) -> bool:
+    return isinstance(value, TensorRef)

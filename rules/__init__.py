@@ -1,0 +1,1 @@
+"""diag's built-in rules, one module per group, registered through the `diag.rules` entry point."""

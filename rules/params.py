@@ -1,0 +1,455 @@
+"""[params] Parameter health: what the weights themselves say about how training went."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+
+from diag.rules.kernels import kernel_noise
+
+from diag.loaders.checkpoint import Checkpoint
+from diag.model import Finding, Location, Severity
+from diag.registry import rule
+from diag.stats import TensorStats, UpdateStats
+
+GROUP = "params"
+TRAINABLE_KINDS = ("conv", "linear", "embedding", "norm", "bias", "vector")
+# Standard deviations in this band are the GPT/BERT-style N(0, 0.02) init: never "too small".
+TRANSFORMER_STD_BAND = (0.015, 0.025)
+
+
+def _at(ckpt: Checkpoint, name: str, **details: object) -> Location:
+    return Location(ckpt.path, name, details)
+
+
+@rule(
+    name="nonfinite-parameter",
+    group=GROUP,
+    severity=Severity.ERROR,
+    needs=("checkpoint",),
+    uses=("init",),
+)
+def nonfinite_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Iterator[Finding]:
+    """Parameters or buffers that contain NaN or infinity.
+
+    ## What it does
+    Counts NaN and ±inf values in every floating-point tensor of the checkpoint (and of
+    `--init`, when given).
+
+    ## Why is this bad?
+    One non-finite weight poisons every activation downstream: the model outputs NaN for
+    every input. It usually means the loss diverged (learning rate too high, a log or
+    division of zero, fp16 overflow) and the run kept saving.
+
+    ## How to fix
+    Go back to the last checkpoint with finite weights; lower the learning rate, add
+    gradient clipping, use bf16 or loss scaling instead of raw fp16, and guard `log`/`sqrt`
+    and divisions with an epsilon. The `loss-nonfinite` rule finds the step where it started.
+    """
+    for ckpt in (checkpoint, init):
+        if ckpt is None:
+            continue
+        for s in ckpt.stats.values():
+            if s.nan or s.inf:
+                yield Finding(
+                    f"{s.nan} NaN and {s.inf} infinite values out of {s.numel}",
+                    _at(ckpt, s.name),
+                    {"nan": s.nan, "inf": s.inf, "numel": s.numel},
+                )
+
+
+@rule(
+    name="constant-parameter",
+    group=GROUP,
+    severity=Severity.ERROR,
+    needs=("checkpoint",),
+    uses=("init",),
+)
+def constant_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Iterator[Finding]:
+    """Weight matrices or kernels whose values are all zero or all equal.
+
+    ## What it does
+    Checks every Linear/Conv-like weight (two or more dimensions, not embeddings, norms or
+    biases) for a single repeated value. In the trained checkpoint any constant weight is
+    an error. In `--init`, a non-zero constant is an error, and an all-zero weight is a
+    warning, since zero is a deliberate choice for a few layers (LoRA `B`, zero-initialised
+    residual or output projections) and a bug for the rest.
+
+    ## Why is this bad?
+    Units that start with identical weights receive identical gradients, so they stay
+    identical: the layer behaves like a single unit however wide it is. An all-zero weight
+    in a trained model means the layer never learned, or was overwritten.
+
+    ## How to fix
+    Initialise with random values scaled to the fan-in (`nn.init.kaiming_uniform_`, the
+    PyTorch default, or `kaiming_normal_` for ReLU). Look for `nn.init.constant_`,
+    `zeros_`, `fill_` or `weight.data[:] = ...` on this layer.
+    """
+    for s in checkpoint.stats.values():
+        if s.is_weight and s.all_equal:
+            yield Finding(
+                f"all {s.numel} values are {_value(s.min)} in the trained weights",
+                _at(checkpoint, s.name),
+                {"value": s.min, "numel": s.numel, "shape": list(s.shape)},
+            )
+    if init is None:
+        return
+    for s in init.stats.values():
+        if not (s.is_weight and s.all_equal):
+            continue
+        if s.min != 0.0:
+            yield Finding(
+                f"initialised to the constant {_value(s.min)}: every unit starts identical "
+                "and symmetry is never broken",
+                _at(init, s.name),
+                {"value": s.min, "numel": s.numel, "shape": list(s.shape)},
+            )
+        else:
+            yield Finding(
+                "initialised to all zeros: fine for a LoRA B matrix or a zero-initialised "
+                "residual/output projection, a bug anywhere else",
+                _at(init, s.name),
+                {"value": 0.0, "numel": s.numel, "shape": list(s.shape)},
+                severity=Severity.WARNING,
+            )
+
+
+def _value(x: float) -> str:
+    return "zero" if x == 0 else f"{x:.6g}"
+
+
+@rule(name="symmetric-units", group=GROUP, severity=Severity.ERROR, needs=("checkpoint",))
+def symmetric_units(checkpoint: Checkpoint) -> Iterator[Finding]:
+    """Units of a layer with identical (or nearly identical) incoming weights.
+
+    ## What it does
+    Groups the output units of every Linear/Conv weight (rows, or filters) whose weight
+    vectors agree to within 0.1% of the layer's typical unit norm, using random projections
+    so that it stays linear in the size of the layer. All-zero units are left to
+    `dead-units`.
+
+    ## Why is this bad?
+    Two units with the same weights compute the same feature and get the same gradient
+    forever: the symmetry that random initialisation exists to break was never broken.
+    A layer whose units are all copies has the capacity of one unit. The usual cause is a
+    constant initialisation (`nn.init.constant_`, `fill_`), or a layer built by repeating
+    one tensor.
+
+    ## How to fix
+    Initialise the layer randomly (PyTorch's default, or `nn.init.kaiming_normal_`), and
+    check that weights are not copied from one unit to the others. Retrain: the copies
+    will not separate by themselves.
+    """
+    for s in checkpoint.stats.values():
+        if not s.is_weight or not s.n_duplicate_units:
+            continue
+        groups = s.duplicate_groups
+        biggest = len(groups[0])
+        yield Finding(
+            f"{s.n_duplicate_units + len(groups)} of {s.n_units} units share their weights with "
+            f"another unit ({len(groups)} group(s), the largest has {biggest} identical units)",
+            _at(checkpoint, s.name, units=list(groups[0][:16])),
+            {
+                "n_units": s.n_units,
+                "redundant_units": s.n_duplicate_units,
+                "groups": len(groups),
+                "largest_group": biggest,
+                "fraction": (s.n_duplicate_units + len(groups)) / s.n_units,
+            },
+        )
+
+
+@rule(name="dead-units", group=GROUP, severity=Severity.WARNING, needs=("checkpoint",))
+def dead_units(checkpoint: Checkpoint) -> Iterator[Finding]:
+    """Units whose incoming weights are all zero.
+
+    ## What it does
+    Finds output units (rows of a Linear weight, filters of a conv) whose weight vector is
+    zero, relative to the largest unit of the same layer. A layer whose every unit is dead
+    is an error; a few dead units are a warning. (With `--model` and `--batch`, units that
+    never activate on real inputs are added to this rule.)
+
+    ## Why is this bad?
+    A unit with zero incoming weights outputs a constant: it carries no information about
+    the input, and after a ReLU it usually gets no gradient to recover. Many such units
+    mean wasted capacity; they often come from dying ReLUs under strong weight decay, or
+    from masking and pruning applied by mistake.
+
+    ## How to fix
+    Lower the learning rate or weight decay, use a leaky activation, or check masks and
+    pruning code. If the units were pruned on purpose, ignore this rule for that layer.
+    """
+    for s in checkpoint.stats.values():
+        if not s.is_weight or not s.n_zero_units:
+            continue
+        severity = Severity.ERROR if s.n_zero_units == s.n_units else Severity.WARNING
+        yield Finding(
+            f"{s.n_zero_units} of {s.n_units} units have all-zero incoming weights",
+            _at(checkpoint, s.name, units=list(s.zero_units[:16])),
+            {"n_units": s.n_units, "dead": s.n_zero_units, "fraction": s.n_zero_units / s.n_units},
+            severity=severity,
+        )
+
+
+@rule(name="init-scale", group=GROUP, severity=Severity.WARNING, needs=("initial",))
+def init_scale(
+    initial: Checkpoint, *, too_small: float = 10.0, too_large: float = 3.0
+) -> Iterator[Finding]:
+    """Initial weights whose spread is far outside what their fan-in calls for.
+
+    ## What it does
+    For the untrained weights (`--init`, or a checkpoint saved at step 0), compares each
+    Linear/Conv weight's standard deviation with the range fan-in theory gives: from
+    PyTorch's default `1/sqrt(3·fan_in)` up to He's `sqrt(2/fan_in)`. It warns when the std is
+    more than `too_small` (10×) below the default or `too_large` (3×) above He. The
+    GPT/BERT convention N(0, 0.02) is accepted as it is.
+
+    ## Why is this bad?
+    Too small, and activations and gradients shrink layer after layer (vanishing signal,
+    a flat loss at the start); too large, and they grow until units saturate or the loss
+    explodes. Either way training is slow or fails, with no error message.
+
+    ## How to fix
+    Use PyTorch's default initialisation, or `nn.init.kaiming_normal_(w, nonlinearity="relu")`
+    for ReLU networks, `xavier_uniform_` for tanh. Look for `normal_(w)` with the default
+    std of 1, or a hand-picked std that ignores the layer's width.
+    """
+    for s in initial.stats.values():
+        expected = s.expected_std_range()
+        if expected is None or s.all_equal or s.std == 0 or s.nan or s.inf:
+            continue
+        low, high = expected
+        in_band = TRANSFORMER_STD_BAND[0] <= s.std <= TRANSFORMER_STD_BAND[1]
+        if s.std < low / too_small and not in_band:
+            direction, factor = "below PyTorch's default", low / s.std
+        elif s.std > high * too_large:
+            direction, factor = "above He initialisation", s.std / high
+        else:
+            continue
+        yield Finding(
+            f"initial std {s.std:.3g} is {factor:.1f}x {direction} for fan-in {s.fan_in} "
+            f"(expected {low:.3g} to {high:.3g})",
+            _at(initial, s.name),
+            {
+                "std": s.std,
+                "expected_low": low,
+                "expected_high": high,
+                "fan_in": s.fan_in,
+                "factor": factor,
+            },
+        )
+
+
+@rule(
+    name="stuck-parameter", group=GROUP, severity=Severity.WARNING,
+    needs=("checkpoint",), uses=("updates",),
+)  # fmt: skip
+def stuck_parameter(
+    checkpoint: Checkpoint,
+    updates: dict[str, UpdateStats] | None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+) -> Iterator[Finding]:
+    """Parameters that never moved, never got a gradient, or buffers never updated.
+
+    ## What it does
+    Three kinds of evidence, whichever the inputs allow:
+    - with `--init`: a parameter equal to its initial value (within `rtol`/`atol`, as
+      `np.allclose`) while training happened;
+    - from the optimizer state saved in the checkpoint (Adam/AdamW, SGD with momentum): a
+      parameter the optimizer holds but has no state for (it never received a gradient),
+      or whose second-moment estimate is all zero (only zero gradients);
+    - BatchNorm running statistics still at their initial 0 and 1 after training.
+    A parameter the optimizer was given but never updated is an error; one that is merely
+    unchanged since `--init` is a warning, since layers are sometimes frozen on purpose.
+
+    ## Why is this bad?
+    A layer that does not train is a silent bug: `.detach()` or `.data` in the forward
+    pass, a `requires_grad=False` left over from fine-tuning, a parameter created outside
+    the module so the optimizer never sees it, or a branch of the graph that never feeds the
+    loss. BatchNorm statistics at 0/1 mean the model was trained in `eval()` mode, so it
+    will normalise with the wrong statistics at inference.
+
+    ## How to fix
+    Follow the parameter from the loss back to where it is used: look for `.detach()`,
+    `.data`, `torch.no_grad()`, numpy round trips and integer casts. Check that it is in
+    `model.parameters()` when the optimizer is created, and call `model.train()` before the
+    training loop. If the layer is frozen on purpose, ignore the rule for it.
+    """
+    trained = _training_happened(checkpoint, updates)
+    found: dict[str, tuple[str, dict, Severity]] = {}
+    if updates and trained:
+        for name, u in updates.items():
+            s = checkpoint.stats.get(name)
+            if s is None or s.kind not in TRAINABLE_KINDS:
+                continue
+            if u.identical or u.max_abs_delta <= atol + rtol * max(abs(s.min), abs(s.max)):
+                found[name] = (
+                    "unchanged since --init although other parameters moved",
+                    {"max_abs_delta": u.max_abs_delta, "init_norm": u.init_norm},
+                    Severity.WARNING,
+                )
+    opt = checkpoint.optimizer
+    if opt is not None and opt.mapped and any(p.has_state for p in opt.params.values()):
+        for name, p in opt.params.items():
+            evidence = dict(found.get(name, ("", {}, Severity.WARNING))[1])
+            if not p.has_state:
+                evidence["optimizer_state"] = False
+                found[name] = (
+                    f"never received a gradient: the {opt.kind} optimizer holds it "
+                    "but has no state for it",
+                    evidence,
+                    Severity.ERROR,
+                )
+            elif p.exp_avg_sq is not None and opt.read is not None:
+                sq = opt.read(p.exp_avg_sq, name)
+                if sq.numel() and float(sq.abs().max()) == 0.0:
+                    evidence["exp_avg_sq_max"] = 0.0
+                    found[name] = (
+                        "received only zero gradients (Adam's second moment is all zero)",
+                        evidence,
+                        Severity.ERROR,
+                    )
+    for name, (message, evidence, severity) in found.items():
+        yield Finding(message, _at(checkpoint, name), evidence, severity=severity)
+    yield from _stale_batchnorm(checkpoint, trained)
+
+
+def _training_happened(checkpoint: Checkpoint, updates: dict[str, UpdateStats] | None) -> bool:
+    if checkpoint.meta.global_step:
+        return True
+    if updates and any(not u.identical for u in updates.values()):
+        return True
+    opt = checkpoint.optimizer
+    return bool(opt and any(p.has_state for p in opt.params.values()))
+
+
+def _stale_batchnorm(checkpoint: Checkpoint, trained: bool) -> Iterator[Finding]:
+    if not trained:
+        return
+    stats = checkpoint.stats
+    for name, s in stats.items():
+        if not name.endswith("running_mean"):
+            continue
+        prefix = name[: -len("running_mean")]
+        var = stats.get(prefix + "running_var")
+        if var is None or not (s.min == s.max == 0.0 and var.min == var.max == 1.0):
+            continue
+        tracked = stats.get(prefix + "num_batches_tracked")
+        batches = tracked.scalar if tracked is not None else None
+        yield Finding(
+            "BatchNorm running statistics are still at their initial 0 and 1 after training "
+            "(trained in eval mode, or the layer never ran in training)",
+            _at(checkpoint, prefix.rstrip(".") or name),
+            {"num_batches_tracked": batches, "numel": s.numel},
+            severity=Severity.ERROR,
+        )
+
+
+@rule(name="update-ratio", group=GROUP, severity=Severity.WARNING, needs=("checkpoint", "updates"))
+def update_ratio(
+    checkpoint: Checkpoint,
+    updates: dict[str, UpdateStats],
+    *,
+    low: float = 1e-3,
+    high: float = 10.0,
+    peer_decades: float = 2.0,
+) -> Iterator[Finding]:
+    """Weights that moved far less or far more than the other layers during training.
+
+    ## What it does
+    For every Linear/Conv/embedding weight, computes `|final - init| / |init|` (Frobenius
+    norms) between `--init` and the checkpoint. It warns when a layer's ratio is more than
+    `peer_decades` (2) orders of magnitude from the median of its peers **and** outside the
+    usual range `low`..`high` (1e-3 to 10). Layers that did not move at all are left to
+    `stuck-parameter`.
+
+    ## Why is this bad?
+    Layers of one network trained with one optimizer move by comparable relative amounts.
+    A layer that barely moved is nearly frozen (a tiny per-layer learning rate, a gradient
+    that vanishes before it, a huge init); one that moved 10× its own size is being pushed
+    by a learning rate that is too high for it, or exploding gradients.
+
+    ## How to fix
+    For a layer that barely moved: check its learning rate (parameter groups, schedulers),
+    its gradient norm, and normalisation in front of it. For one that moved too much: lower
+    the learning rate or add warm-up and gradient clipping; check its init scale.
+    """
+    ratios = {}
+    for name, u in updates.items():
+        s = checkpoint.stats.get(name)
+        if s and s.kind in ("conv", "linear", "embedding") and u.init_norm > 0 and not u.identical:
+            ratios[name] = u.ratio
+    if len(ratios) < 3:
+        return
+    median = statistics.median(ratios.values())
+    for name, r in ratios.items():
+        decades = math.log10(r / median) if r > 0 and median > 0 else 0.0
+        if r < low and decades <= -peer_decades:
+            what = "barely moved"
+        elif r > high and decades >= peer_decades:
+            what = "moved far more than its own size"
+        else:
+            continue
+        yield Finding(
+            f"{what}: |final-init|/|init| = {r:.3g}, {abs(decades):.1f} decades from the "
+            f"median layer ({median:.3g})",
+            _at(checkpoint, name),
+            {"ratio": r, "median_ratio": median, "decades_from_median": decades},
+        )
+
+
+def first_layer_convs(stats: dict[str, TensorStats]) -> list[TensorStats]:
+    """Convolutions that see input pixels: few input channels, or the first conv of the model."""
+    convs = [s for s in stats.values() if s.kind == "conv" and len(s.shape) == 4]
+    chosen = [s for s in convs if s.shape[1] <= 4]
+    if convs and convs[0] not in chosen:
+        chosen.insert(0, convs[0])
+    return [s for s in chosen if s.kernels is not None and min(s.shape[2:]) >= 3]
+
+
+@rule(name="noisy-kernels", group=GROUP, severity=Severity.WARNING, needs=("checkpoint",))
+def noisy_kernels(checkpoint: Checkpoint, *, alpha: float = 0.01) -> Iterator[Finding]:
+    """First-layer convolution kernels that still look like random noise.
+
+    ## What it does
+    For the convolutions that see the input pixels (few input channels, or the first conv
+    of the model) with kernels of 3×3 or larger, measures each kernel's lag-1 spatial
+    autocorrelation and tests the layer against a permutation null: the same kernels with
+    their pixels shuffled. It fires when the layer is no smoother than shuffled noise
+    (probability ≥ `alpha` under the null). Deeper layers are not judged on smoothness.
+
+    ## Why is this bad?
+    A trained first layer learns smooth, structured filters (edges, blobs, colour
+    contrasts): a well-trained small CNN has a median autocorrelation around 0.5, random
+    initialisation about 0. Filters that still look like noise mean the layer barely
+    trained: a learning rate too low for it, too few steps, no regularisation, or a layer
+    cut from the gradient.
+
+    ## How to fix
+    Check that the layer receives gradients (see `stuck-parameter`), train longer or with
+    a higher learning rate, and add weight decay. Look at the kernel grid in the HTML
+    report.
+    """
+    for s in first_layer_convs(checkpoint.stats):
+        if s.all_equal or s.nan or s.inf:
+            continue
+        test = kernel_noise(s.kernels)  # type: ignore[arg-type]
+        if test is None or test.p_value < alpha:
+            continue
+        yield Finding(
+            f"{test.n_noisy} of {test.n_kernels} kernels look like noise: median spatial "
+            f"autocorrelation {test.median_autocorr:.2f}, shuffled kernels give "
+            f"{test.null_median:.2f} (p = {test.p_value:.2f})",
+            _at(checkpoint, s.name),
+            {
+                "n_kernels": test.n_kernels,
+                "noisy_kernels": test.n_noisy,
+                "median_autocorr": test.median_autocorr,
+                "null_median": test.null_median,
+                "null_q99": test.null_q99,
+                "p_value": test.p_value,
+            },
+        )

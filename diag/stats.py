@@ -25,9 +25,12 @@ _NORM = re.compile(r"(norm|bn|ln_|\.ln\d*\.|layernorm|batchnorm|groupnorm|rmsnor
 # First-layer kernels are small; keeping them (not deeper ones) bounds memory.
 MAX_KEPT_KERNEL_NUMEL = 1 << 18
 PROJECTIONS = 16
-# Units whose signatures agree to this fraction of the typical unit norm are "identical".
-DUPLICATE_RTOL = 1e-3
+# Units closer than this fraction of their own norm are "identical". Random or trained
+# units of one layer are ~sqrt(2) norms apart; copies that drifted only through float
+# rounding stay well inside 1%.
+DUPLICATE_RTOL = 1e-2
 MAX_LISTED = 64
+SMALL_UNIT = 0.05
 
 
 @dataclass(frozen=True)
@@ -192,11 +195,13 @@ def _duplicate_units(units: torch.Tensor, row_norm: torch.Tensor, top: float) ->
     """
     import torch
 
-    live = (row_norm > top * 1e-7).nonzero().flatten()
+    # Units that shrank to a few percent of the typical norm are dying (weight decay on a
+    # unit without gradient), and such remnants can coincide: that is dead-units' business.
+    typical = float(row_norm[row_norm > top * 1e-7].median())
+    live = (row_norm > max(top * 1e-7, SMALL_UNIT * typical)).nonzero().flatten()
     if live.numel() < 2:
         return []
     sub = units[live]
-    typical = float(row_norm[live].median())
     proj = sub @ _projection(sub.shape[1], sub.dtype)
     cell = 4 * DUPLICATE_RTOL * typical
     keys = torch.round(proj / cell).to(torch.int64).numpy()
@@ -209,7 +214,8 @@ def _duplicate_units(units: torch.Tensor, row_norm: torch.Tensor, top: float) ->
             continue
         idx = torch.tensor(members)
         dist = torch.linalg.vector_norm(sub[idx] - sub[idx[0]], dim=1)
-        same = idx[dist <= DUPLICATE_RTOL * typical]
+        own = torch.maximum(row_norm[live][idx], row_norm[live][idx[0]])
+        same = idx[dist <= DUPLICATE_RTOL * own]
         if same.numel() >= 2:
             groups.append(tuple(int(live[i]) for i in same))
     return sorted(groups, key=len, reverse=True)

@@ -144,6 +144,7 @@ class OnnxTable:
         return list(self._infos)
 
     def read(self, name: str) -> torch.Tensor:
+        """One tensor, read now; KeyError for a name that `infos()` does not list."""
         import torch
 
         tensor, span = self._tensors[name]

@@ -6,11 +6,10 @@ import math
 import statistics
 from collections.abc import Iterator
 
-from diag.rules.kernels import kernel_noise
-
 from diag.loaders.checkpoint import Checkpoint
 from diag.model import Finding, Location, Severity
 from diag.registry import rule
+from diag.rules.kernels import kernel_noise
 from diag.stats import TensorStats, UpdateStats
 
 GROUP = "params"

@@ -23,7 +23,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]
     out = {}
     for name, faults in VARIANTS.items():
         trained = train(faults)
-        paths = save_run(trained, root / name, onnx=name == "healthy", safetensors=name == "healthy")
+        paths = save_run(
+            trained, root / name, onnx=name == "healthy", safetensors=name == "healthy"
+        )
         paths["accuracy"] = trained.val_accuracy  # type: ignore[assignment]
         out[name] = paths
     return out

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diag.reports import html as html_report
-from diag.reports import render as render_format
 
 from diag.loaders.checkpoint import open_checkpoint
 from diag.model import Finding, Location, Result, RuleError, Severity, Skipped
+from diag.reports import html as html_report
+from diag.reports import render as render_format
 from diag.run import Run
 
 PAYLOAD = "</script><img src=x onerror=alert(1)>"

@@ -132,7 +132,10 @@ def compute_stats(info: TensorInfo, tensor: torch.Tensor) -> TensorStats:
         x = tensor.reshape(-1)
         scalar = float(x[0]) if numel == 1 else None
         mn, mx = torch.aminmax(x)
-        return TensorStats(info, kind, numel, min=float(mn), max=float(mx), scalar=scalar)
+        mean = float(x.double().mean())
+        return TensorStats(
+            info, kind, numel, mean=mean, min=float(mn), max=float(mx), scalar=scalar
+        )
     x = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
     flat = x.reshape(-1)
     nan = inf = 0

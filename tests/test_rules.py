@@ -173,3 +173,30 @@ def test_a_crashing_rule_is_an_error_entry_and_the_run_goes_on(tmp_path, monkeyp
     result, _ = check(CheckOptions(str(path)))
     assert [(e.rule, e.message) for e in result.errors] == [("dead-units", "RuntimeError: kaboom")]
     assert {f.rule for f in result.findings} == {"constant-parameter"}
+
+
+def test_zero_gradients_and_missing_gradients_from_adam_state(tmp_path):
+    """A real model trained with Adam: one layer multiplied by zero, one never used."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(
+        {
+            "used": torch.nn.Linear(8, 4),
+            "zeroed": torch.nn.Linear(8, 4),
+            "unused": torch.nn.Linear(8, 4),
+        }
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(32, 8), torch.randn(32, 4)
+    for _ in range(5):
+        optimizer.zero_grad()
+        out = model["used"](x) + 0.0 * model["zeroed"](x)
+        torch.nn.functional.mse_loss(out, y).backward()
+        optimizer.step()
+    path = tmp_path / "adam.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 5}, path)
+    result, _ = check(CheckOptions(str(path), select=["stuck-parameter"]))
+    found = {f.location.object: f for f in result.findings}
+    assert set(found) == {"zeroed.weight", "zeroed.bias", "unused.weight", "unused.bias"}
+    assert "only zero gradients" in found["zeroed.weight"].message
+    assert "never received a gradient" in found["unused.weight"].message
+    assert {f.severity.label for f in found.values()} == {"error"}

@@ -78,10 +78,11 @@ def sniff(path: Path) -> str:
         head = fh.read(16)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "torch"
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
-        return "torch-legacy"
+    # safetensors first: a header length of 128, 384, ... starts with the bytes of a pickle.
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 10**8:
         return "safetensors"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return "torch-legacy"
     if len(head) >= 2 and head[0] == 0x08 and head[1] < 0x20:
         return "onnx"  # protobuf field 1 (ir_version), varint
     if path.suffix == ".json":
@@ -176,31 +177,46 @@ def _open_torch(path: Path, shown: str) -> Checkpoint:
     return Checkpoint(shown, table, meta, optimizer)
 
 
-def flatten_tensors(obj: Any, prefix: str = "", depth: int = 0) -> dict[str, TensorRef]:
-    """Name -> TensorRef for every tensor in nested dicts ('a.b.c' names)."""
+def flatten_tensors(
+    obj: Any, prefix: str = "", depth: int = 0, _seen: set[int] | None = None
+) -> dict[str, TensorRef]:
+    """Name -> TensorRef for every tensor in nested dicts ('a.b.c' names).
+
+    A dict the pickle shares between several keys is walked once, at its first key: a
+    pickle can share one dict at every level, which as a tree is exponentially large.
+    """
     out: dict[str, TensorRef] = {}
-    if depth > 16 or not isinstance(obj, Mapping):
+    seen = set() if _seen is None else _seen
+    if depth > 16 or not isinstance(obj, Mapping) or id(obj) in seen:
         return out
+    seen.add(id(obj))
     for key, value in obj.items():
         name = f"{prefix}{key}"
         if isinstance(value, TensorRef):
             out[name] = value
         elif isinstance(value, Mapping) and not isinstance(value, Opaque):
-            out.update(flatten_tensors(value, f"{name}.", depth + 1))
+            out.update(flatten_tensors(value, f"{name}.", depth + 1, seen))
     return out
 
 
-def find_state_dict(root: Any) -> tuple[dict[str, TensorRef] | None, str]:
-    """The model's tensors inside a checkpoint, and the key path they were found under."""
-    if not isinstance(root, Mapping):
+def find_state_dict(
+    root: Any, _depth: int = 0, _seen: set[int] | None = None
+) -> tuple[dict[str, TensorRef] | None, str]:
+    """The model's tensors inside a checkpoint, and the key path they were found under.
+
+    Looks at most 16 levels down and visits each dict once (see flatten_tensors).
+    """
+    seen = set() if _seen is None else _seen
+    if not isinstance(root, Mapping) or _depth > 16 or id(root) in seen:
         return None, ""
+    seen.add(id(root))
     direct = {k: v for k, v in root.items() if isinstance(v, TensorRef)}
     if direct and len(direct) >= len(root) / 2:
         return flatten_tensors(root), ""
     for key in STATE_KEYS:
         value = root.get(key)
         if isinstance(value, Mapping):
-            inner, where = find_state_dict(value)
+            inner, where = find_state_dict(value, _depth + 1, seen)
             if inner:
                 return inner, f"{key}.{where}".rstrip(".")
     if direct:
@@ -214,7 +230,8 @@ def _meta_from_root(root: Any, where: str) -> CheckpointMeta:
         return meta
     for key in ("epoch", "global_step", "step", "iteration"):
         value = root.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
+        # A pickle can hold an int of any size; reports cannot print one over 4300 digits.
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
             if key == "epoch":
                 meta.epoch = value
             elif meta.global_step is None:
@@ -230,7 +247,8 @@ def _meta_from_strings(metadata: Mapping[str, str]) -> CheckpointMeta:
     meta = CheckpointMeta(extra={"metadata": dict(metadata)})
     for key in ("epoch", "global_step", "step"):
         value = metadata.get(key)
-        if isinstance(value, str) and value.isdigit():
+        # ASCII digits only ("²".isdigit() is True), and short enough for int().
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
             if key == "epoch":
                 meta.epoch = int(value)
             elif meta.global_step is None:
@@ -289,19 +307,24 @@ def _open_sharded(path: Path, shown: str) -> Checkpoint:
         index = json.loads(path.read_text(encoding="utf-8"))
         weight_map = index["weight_map"]
         assert isinstance(weight_map, dict)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AssertionError):
+    except (
+        OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AssertionError,
+        RecursionError,
+    ):  # fmt: skip
         raise InputError(path, "not a sharded checkpoint index (no weight_map)") from None
+    if not all(isinstance(v, str) and "\0" not in v for v in weight_map.values()):
+        raise InputError(path, "weight_map values must be shard file names")
     folder = path.parent.resolve()
     shards: dict[str, ParamTable] = {}
     for shard_name in dict.fromkeys(weight_map.values()):
-        if not isinstance(shard_name, str):
-            raise InputError(path, "weight_map values must be file names")
         shard_path = path.parent / shard_name
         real = Path(os.path.realpath(shard_path))
         if shard_path.is_symlink() or folder not in real.parents:
             raise InputError(path, f"shard {shard_name!r} is outside the checkpoint's folder")
         if not shard_path.is_file():
             raise InputError(path, f"shard {shard_name!r} is missing")
+        if shard_path.name.endswith(".index.json"):  # would recurse, possibly forever
+            raise InputError(path, f"shard {shard_name!r} is an index, not a weights file")
         shards[shard_name] = open_checkpoint(shard_path).table
     held = {name: shard for shard in shards.values() for name in (i.name for i in shard.infos())}
     for name, shard_name in weight_map.items():

@@ -52,9 +52,13 @@ def parse_optimizer(
     names: list[Any] = []
     for group in groups:
         if isinstance(group, Mapping):
-            ids.extend(group.get("params", []) or [])
-            names.extend(group.get("param_names", []) or [])
+            ids.extend(_list(group.get("params")))
+            names.extend(_list(group.get("param_names")))
     kind = _kind(state)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return OptimizerState(kind, {}, "parameter ids that are not integers", read)
+    if not all(isinstance(n, str) for n in names):
+        names = []
     shapes = dict(param_shapes)
     if names and len(names) == len(ids) and all(n in shapes for n in names):
         mapping = dict(zip(ids, names, strict=True))
@@ -76,6 +80,10 @@ def parse_optimizer(
             )
             return OptimizerState(kind, {}, reason, read)
     return OptimizerState(kind, _per_name(mapping, state), None, read)
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
 
 
 def _kind(state: Mapping[Any, Any]) -> str:
@@ -108,11 +116,20 @@ def _per_name(mapping: Mapping[Any, str], state: Mapping[Any, Any]) -> dict[str,
             step = None  # a 0-d tensor; read lazily by the rule if it needs it
         out[name] = ParamOptState(
             has_state=True,
-            step=float(step) if isinstance(step, int | float) else None,
+            step=_float(step),
             exp_avg_sq=_ref(entry.get("exp_avg_sq")),
             momentum=_ref(entry.get("momentum_buffer")),
         )
     return out
+
+
+def _float(value: Any) -> float | None:
+    if not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        return None
 
 
 def _ref(value: Any) -> TensorRef | None:

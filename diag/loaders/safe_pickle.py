@@ -17,8 +17,10 @@ are refused as soon as they are named, as picklescan does.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
+import pickletools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +43,11 @@ DENIED_MODULES = frozenset(
 )  # fmt: skip
 SAFE_BUILTINS = {
     "set": set, "frozenset": frozenset, "slice": slice, "complex": complex,
-    "bytearray": bytearray, "tuple": tuple, "list": list, "dict": dict, "int": int,
-    "float": float, "str": str, "bytes": bytes, "bool": bool, "range": range,
+    "tuple": tuple, "list": list, "dict": dict, "int": int, "float": float, "str": str,
+    "bool": bool,
 }  # fmt: skip
+# Not range, bytes or bytearray: `bytes(10**12)` or `list(range(10**9))` is a two-line
+# pickle that exhausts memory, and torch never pickles them as calls.
 TORCH_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2",
      "float8_e4m3fnuz", "float8_e5m2fnuz", "int64", "int32", "int16", "int8", "uint8",
@@ -71,6 +75,8 @@ INERT_LOWERCASE = frozenset(
     }
 )  # fmt: skip
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
+MAX_PLAIN_NODES = 10_000  # to_plain stops describing metadata after this many values
+EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 
 
 class CodeInPickle(Exception):
@@ -86,8 +92,15 @@ class UnsupportedPickle(Exception):
     """The pickle is well-formed but uses something diag does not read."""
 
 
+class _NoState:
+    """Refuses pickle's BUILD, which would write into `__dict__` past any validation."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsupportedPickle(f"the pickle rewrites diag's {type(self).__name__}")
+
+
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_NoState):
     key: str
     dtype: str  # dtype of the storage's elements; "uint8" for untyped storages
     numel: int  # elements (typed) or bytes (untyped)
@@ -95,7 +108,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_NoState):
     """A tensor the pickle describes, not yet read: its storage, offset, size and stride."""
 
     storage: StorageRef
@@ -137,7 +150,7 @@ class Opaque(dict):
         return f"<{self.global_name} (not loaded)>"
 
 
-class Reference:
+class Reference(_NoState):
     """A function the pickle names. Naming it is harmless; calling it is refused."""
 
     def __init__(self, name: str) -> None:
@@ -150,7 +163,7 @@ class Reference:
         return f"<function {self.name} (not loaded)>"
 
 
-class _StorageType:
+class _StorageType(_NoState):
     def __init__(self, dtype: str, untyped: bool) -> None:
         self.dtype = dtype
         self.untyped = untyped
@@ -212,7 +225,7 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
     return text.encode("latin1")
 
 
-class _Dtype:
+class _Dtype(_NoState):
     def __init__(self, name: str) -> None:
         self.name = DTYPE_ALIASES.get(name, name)
 
@@ -285,6 +298,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise UnsupportedPickle("a global with a non-string name")
+        # Python 2 names (protocols 0-2 write `copy_reg`, `__builtin__`), renamed as pickle's
+        # own find_class does; the renamed global then goes through the same checks.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         return resolve_global(module, name)
 
     def persistent_load(self, pid: Any) -> StorageRef:
@@ -303,6 +322,7 @@ def restricted_loads(data: bytes) -> Any:
     if len(data) > MAX_PICKLE_BYTES:
         raise UnsupportedPickle(f"pickle of {len(data)} bytes is over the {MAX_PICKLE_BYTES} cap")
     try:
+        _refuse_extension_codes(data)
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except (CodeInPickle, UnsupportedPickle):
         raise
@@ -312,36 +332,73 @@ def restricted_loads(data: bytes) -> Any:
         raise UnsupportedPickle(f"malformed pickle ({type(exc).__name__}: {exc})") from None
 
 
-def to_plain(value: Any, depth: int = 0) -> Any:
-    """A JSON-friendly copy of unpickled metadata (placeholders become descriptions)."""
-    if depth > 20:
+def _refuse_extension_codes(data: bytes) -> None:
+    """Refuse EXT1/EXT2/EXT4 (copyreg extension codes) before the C unpickler sees them.
+
+    The C unpickler answers an extension code from the process-wide
+    `copyreg._extension_cache` when it can, without calling `find_class`: a code that
+    ordinary unpickling resolved earlier would hand over the real function. torch never
+    writes these opcodes. Malformed streams raise ValueError, reported as malformed.
+    """
+    if not any(op in data for op in (pickle.EXT1, pickle.EXT2, pickle.EXT4)):
+        return
+    for opcode, _arg, _pos in pickletools.genops(data):
+        if opcode.name in EXTENSION_OPCODES:
+            raise UnsupportedPickle("the pickle uses copyreg extension codes (EXT opcodes)")
+
+
+def to_plain(value: Any, depth: int = 0, _budget: list[int] | None = None) -> Any:
+    """A JSON-friendly copy of unpickled metadata (placeholders become descriptions).
+
+    At most MAX_PLAIN_NODES values are described: a pickle can share one list many times
+    over ("billion laughs"), which is small in the file but huge as a tree.
+    """
+    budget = [MAX_PLAIN_NODES] if _budget is None else _budget
+    budget[0] -= 1
+    if depth > 20 or budget[0] < 0:
         return "..."
     if isinstance(value, Opaque):
         name = value.global_name
         if name.startswith("pathlib.") and all(isinstance(a, str) for a in value.args):
-            return "/".join(value.args)
+            # Paths pickle as their parts ("/", "data", ...); pure paths only join strings.
+            from pathlib import PurePosixPath, PureWindowsPath
+
+            pure = PureWindowsPath if "Windows" in name else PurePosixPath
+            return str(pure(*value.args))
         if name.endswith("multiarray.scalar"):
             return _numpy_scalar(value)
+        if name == "copyreg._reconstructor" and len(value.args) == 3 and value.args[2]:
+            return to_plain(value.args[2], depth + 1, budget)  # protocol 0/1 dict subclass
         if len(value) and not value.args:
-            return {str(k): to_plain(v, depth + 1) for k, v in value.items()}
+            return {_text(k): to_plain(v, depth + 1, budget) for k, v in value.items()}
         if len(value.args) == 1 and isinstance(value.args[0], str | int | float | bool):
             return value.args[0]  # enums pickle as (cls, (value,))
         if isinstance(value.state, dict):
-            return {str(k): to_plain(v, depth + 1) for k, v in value.state.items()}
+            return {_text(k): to_plain(v, depth + 1, budget) for k, v in value.state.items()}
         return repr(value)
     if isinstance(value, Reference | _Dtype):
         return repr(value)
     if isinstance(value, TensorRef):
         return {"tensor": list(value.size), "dtype": value.dtype}
     if isinstance(value, dict):
-        return {str(k): to_plain(v, depth + 1) for k, v in value.items()}
+        return {_text(k): to_plain(v, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [to_plain(v, depth + 1) for v in value]
+        return [to_plain(v, depth + 1, budget) for v in value]
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
+    if isinstance(value, int) and value.bit_length() > 10_000:
+        return f"<{value.bit_length()}-bit int>"  # str() refuses over 4300 digits
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    return repr(value)
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    """str() of a key or an unknown object; a pickle can make one that str() cannot print."""
+    try:
+        return value if isinstance(value, str) else str(value)
+    except (ValueError, RecursionError):  # an int over 4300 digits, a deeply nested value
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _numpy_scalar(value: Opaque) -> Any:

@@ -39,7 +39,7 @@ class TorchZip:
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
-                self._check_entries(infos)
+                self._check_entries(path, infos)
                 self.prefix = self._prefix(infos)
                 names = {i.filename: i for i in infos}
                 if f"{self.prefix}constants.pkl" in names or any(
@@ -51,6 +51,13 @@ class TorchZip:
                 pkl = names.get(f"{self.prefix}data.pkl")
                 if pkl is None:
                     raise InputError(path, "zip archive without data.pkl: not a torch checkpoint")
+                # torch.save stores every entry; a compressed one is an anomaly (and data.pkl
+                # would be inflated before any size check: a zip bomb), so refuse it unread.
+                for info in infos:
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        raise InputError(
+                            path, f"zip entry {info.filename!r} is compressed (torch never does)"
+                        )
                 order = names.get(f"{self.prefix}byteorder")
                 if order is not None and zf.read(order).strip() not in (b"little", b""):
                     raise InputError(path, "big-endian torch checkpoint is not supported")
@@ -69,9 +76,9 @@ class TorchZip:
         self._fd: int | None = None
 
     @staticmethod
-    def _check_entries(infos: list[zipfile.ZipInfo]) -> None:
+    def _check_entries(path: Path, infos: list[zipfile.ZipInfo]) -> None:
         if len(infos) > MAX_ENTRIES:
-            raise InputError("", f"zip archive with {len(infos)} entries (cap {MAX_ENTRIES})")
+            raise InputError(path, f"zip archive with {len(infos)} entries (cap {MAX_ENTRIES})")
         seen: set[str] = set()
         for info in infos:
             if info.filename in seen:

@@ -204,7 +204,8 @@ def _duplicate_units(units: torch.Tensor, row_norm: torch.Tensor, top: float) ->
     live = (row_norm > max(top * 1e-7, SMALL_UNIT * typical)).nonzero().flatten()
     if live.numel() < 2:
         return []
-    sub = units[live]
+    # Indexing copies the whole matrix; skip it in the usual case where every unit is live.
+    sub = units if live.numel() == units.shape[0] else units[live]
     proj = sub @ _projection(sub.shape[1], sub.dtype)
     cell = 4 * DUPLICATE_RTOL * typical
     keys = torch.round(proj / cell).to(torch.int64).numpy()
@@ -245,11 +246,13 @@ def compute_update(name: str, init: torch.Tensor, final: torch.Tensor) -> Update
     a = init.reshape(-1).to(torch.float32)
     b = final.reshape(-1).to(torch.float32)
     delta = b - a
+    delta_norm = float(torch.linalg.vector_norm(delta))
     return UpdateStats(
         name=name,
         init_norm=float(torch.linalg.vector_norm(a)),
         final_norm=float(torch.linalg.vector_norm(b)),
-        delta_norm=float(torch.linalg.vector_norm(delta)),
-        max_abs_delta=float(delta.abs().max()) if delta.numel() else 0.0,
-        identical=bool(torch.equal(init, final)),
+        delta_norm=delta_norm,
+        max_abs_delta=float(delta.abs_().max()) if delta.numel() else 0.0,
+        # Only a zero delta can be equality (NaN deltas are not); confirm it exactly.
+        identical=delta_norm == 0.0 and bool(torch.equal(init, final)),
     )

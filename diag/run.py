@@ -6,8 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from diag.loaders.blocks import Buffer, TensorSource
 from diag.loaders.checkpoint import Checkpoint
-from diag.stats import UpdateStats, compute_stats, compute_update
+from diag.stats import (
+    StatsAccumulator,
+    TensorStats,
+    UpdateAccumulator,
+    UpdateStats,
+    can_compare,
+)
 
 # Why a rule was skipped, by the artifact it needed.
 MISSING_REASONS = {
@@ -50,34 +57,70 @@ class Run:
     def prepare(self, progress: Progress | None = None) -> None:
         """One pass over the tensors: statistics of each, and movement since --init.
 
-        Each final tensor is read once, alongside its initial counterpart when there is
-        one, so both files are read exactly once and two tensors at most are in memory.
+        Each final tensor is read once, in blocks of rows, alongside the same rows of its
+        initial counterpart when there is one: both files are read exactly once and, for
+        tensors stored as a plain run of bytes, only a block of each is in memory.
         """
         done = 0
         total = self.total_bytes()
         init_infos = {i.name: i for i in self.init.infos()} if self.init else {}
         if self.init is not None:
             self.updates = {}
+        final_buf, init_buf = Buffer(), Buffer()
         if self.checkpoint is not None:
             for info in self.checkpoint.infos():
-                tensor = self.checkpoint.table.read(info.name)
-                self.checkpoint.stats[info.name] = compute_stats(info, tensor)
-                done += info.nbytes
                 before = init_infos.pop(info.name, None)
-                if before is not None and self.init is not None:
-                    old = self.init.table.read(info.name)
-                    self.init.stats[info.name] = compute_stats(before, old)
-                    update = compute_update(info.name, old, tensor)
+                source = TensorSource(self.checkpoint.table, info)
+                if before is None or self.init is None:
+                    self.checkpoint.stats[info.name] = _stats(source, final_buf)
+                    done += info.nbytes
+                else:
+                    twin = TensorSource(self.init.table, before)
+                    final_stats, init_stats, update = _paired_stats(
+                        source, twin, final_buf, init_buf
+                    )
+                    self.checkpoint.stats[info.name] = final_stats
+                    self.init.stats[info.name] = init_stats
                     if update is not None and self.updates is not None:
                         self.updates[info.name] = update
-                    done += before.nbytes
-                    del old
-                del tensor
+                    done += info.nbytes + before.nbytes
                 if progress:
                     progress(done, total)
         if self.init is not None:
             for info in init_infos.values():  # tensors only the initial checkpoint has
-                self.init.stats[info.name] = compute_stats(info, self.init.table.read(info.name))
+                self.init.stats[info.name] = _stats(TensorSource(self.init.table, info), init_buf)
                 done += info.nbytes
                 if progress:
                     progress(done, total)
+
+
+def _stats(source: TensorSource, buffer: Buffer) -> TensorStats:
+    acc = StatsAccumulator(source.info)
+    for _, block in source.blocks(source.default_rows_per_block(), buffer):
+        acc.add(block)
+    stats = acc.finish(source.units)
+    source.release()
+    return stats
+
+
+def _paired_stats(
+    final: TensorSource, init: TensorSource, final_buf: Buffer, init_buf: Buffer
+) -> tuple[TensorStats, TensorStats, UpdateStats | None]:
+    """Statistics of a tensor and its initial twin, and the movement between them."""
+    if not can_compare(init.info, final.info):
+        return _stats(final, final_buf), _stats(init, init_buf), None
+    acc, init_acc = StatsAccumulator(final.info), StatsAccumulator(init.info)
+    update = UpdateAccumulator(final.info.name)
+    # Matching blocks need both tensors blocked alike; otherwise each comes whole.
+    rows = final.default_rows_per_block()
+    if not (final.blockable and init.blockable):
+        rows = final.n_rows
+    pairs = zip(final.blocks(rows, final_buf), init.blocks(rows, init_buf), strict=True)
+    for (_, new), (_, old) in pairs:
+        acc.add(new)
+        init_acc.add(old)
+        update.add(old, new)
+    result = acc.finish(final.units), init_acc.finish(init.units), update.finish()
+    final.release()
+    init.release()
+    return result

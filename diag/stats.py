@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -121,75 +122,145 @@ def classify(info: TensorInfo) -> str:
     return "vector"
 
 
-def compute_stats(info: TensorInfo, tensor: torch.Tensor) -> TensorStats:
-    import torch
+class StatsAccumulator:
+    """The statistics of one tensor, fed block by block (runs of leading-axis rows).
 
-    kind = classify(info)
-    numel = tensor.numel()
-    if numel == 0:
-        return TensorStats(info, kind, 0)
-    if not (tensor.is_floating_point() or tensor.dtype == torch.bool):
-        x = tensor.reshape(-1)
-        scalar = float(x[0]) if numel == 1 else None
-        mn, mx = torch.aminmax(x)
-        mean = float(x.double().mean())
-        return TensorStats(
-            info, kind, numel, mean=mean, min=float(mn), max=float(mx), scalar=scalar
+    Every reduction is a sum, an extreme or a per-row value, so blocks can be folded in as
+    they are read. Unit statistics keep two small numbers per output unit (its norm and a
+    16-d random projection); duplicate candidates are confirmed at the end on the units
+    themselves, fetched again through `units`.
+    """
+
+    def __init__(self, info: TensorInfo) -> None:
+        self.info = info
+        self.kind = classify(info)
+        self.numel = info.numel
+        self.nan = self.inf = self.zeros = self.count = 0
+        self.total = self.sumsq = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.float_path: bool | None = None  # decided by the first block's dtype
+        self.scalar: float | None = None
+        self.holes = False
+        ndim = len(info.shape)
+        self.unit_axis = info.units_axis if info.units_axis < ndim else 0
+        self.wants_units = self.kind in ("conv", "linear", "embedding") and ndim >= 2
+        self.keep_kernels = (
+            self.kind == "conv"
+            and ndim == 4
+            and min(info.shape[2:]) >= 3
+            and self.numel <= MAX_KEPT_KERNEL_NUMEL
         )
-    x = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
-    flat = x.reshape(-1)
-    nan = inf = 0
-    total = float(flat.sum())
-    if not math.isfinite(total):
-        finite = torch.isfinite(flat)
-        nan = int(torch.isnan(flat).sum())
-        inf = int(numel - nan - int(finite.sum()))
-        flat = flat[finite]
-        x = None  # unit statistics on a tensor with holes would mislead
-        total = float(flat.sum())
-    n = flat.numel()
-    if n == 0:
-        return TensorStats(info, kind, numel, nan=nan, inf=inf)
-    sumsq = float(torch.dot(flat, flat))
-    mean = total / n
-    var = max(sumsq / n - mean * mean, 0.0)
-    mn, mx = torch.aminmax(flat)
-    zeros = n - int(torch.count_nonzero(flat))
-    stats = dict(
-        nan=nan, inf=inf, mean=mean, std=math.sqrt(var), min=float(mn), max=float(mx),
-        zeros=zeros, norm=math.sqrt(sumsq),
-    )  # fmt: skip
-    if kind in ("conv", "linear", "embedding") and x is not None and x.dim() >= 2:
-        stats.update(_unit_stats(info, x))
-        spatial = kind == "conv" and x.dim() == 4 and min(x.shape[2:]) >= 3
-        if spatial and x.numel() <= MAX_KEPT_KERNEL_NUMEL:
-            stats["kernels"] = x.detach().to(torch.float32).numpy().copy()
-    return TensorStats(info, kind, numel, **stats)
+        self._row_norms: list[torch.Tensor] = []
+        self._proj: list[torch.Tensor] = []
+        self._kernels: list[np.ndarray] = []
 
+    def add(self, block: torch.Tensor) -> None:
+        """Fold in the next block: rows of the leading axis, or the whole tensor."""
+        import torch
 
-def _unit_stats(info: TensorInfo, x: torch.Tensor) -> dict:
-    import torch
+        if block.numel() == 0:
+            return
+        if self.float_path is None:
+            self.float_path = block.is_floating_point() or block.dtype == torch.bool
+        if not self.float_path:
+            x = block.reshape(-1)
+            if self.numel == 1:
+                self.scalar = float(x[0])
+            mn, mx = torch.aminmax(x)
+            self.min, self.max = min(self.min, float(mn)), max(self.max, float(mx))
+            self.total += float(x.double().sum())
+            self.count += x.numel()
+            return
+        x = block if block.dtype in (torch.float32, torch.float64) else block.float()
+        flat = x.reshape(-1)
+        part = float(flat.sum())
+        if not math.isfinite(part):
+            finite = torch.isfinite(flat)
+            nan = int(torch.isnan(flat).sum())
+            self.nan += nan
+            self.inf += int(flat.numel() - nan - int(finite.sum()))
+            flat = flat[finite]
+            self.holes = True  # unit statistics on a tensor with holes would mislead
+            part = float(flat.sum())
+        if flat.numel() == 0:
+            return
+        self.count += flat.numel()
+        self.total += part
+        units = None
+        if self.wants_units and not self.holes:
+            # Only the whole tensor can be laid out with units on another axis (ONNX).
+            whole = tuple(block.shape) == self.info.shape
+            axis = self.unit_axis if whole else 0
+            units = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+            norms = torch.linalg.vector_norm(units, dim=1)
+            self._row_norms.append(norms.double())
+            self._proj.append(units @ _projection(units.shape[1], units.dtype))
+            self.sumsq += float(norms.double().square().sum())
+        else:
+            self.sumsq += float(torch.dot(flat, flat))
+        mn, mx = torch.aminmax(flat)
+        self.min, self.max = min(self.min, float(mn)), max(self.max, float(mx))
+        self.zeros += flat.numel() - int(torch.count_nonzero(flat))
+        if self.keep_kernels:
+            self._kernels.append(x.detach().to(torch.float32).numpy().copy())
 
-    axis = info.units_axis if info.units_axis < x.dim() else 0
-    units = x.movedim(axis, 0).reshape(x.shape[axis], -1)
-    n_units, fan_in = units.shape
-    out: dict = {"n_units": n_units, "fan_in": fan_in}
-    if n_units < 2 or fan_in == 0:
+    def finish(self, units: Callable[[list[int]], torch.Tensor] | None = None) -> TensorStats:
+        """The TensorStats; `units(index)` fetches unit rows to confirm duplicates."""
+        info, kind, numel = self.info, self.kind, self.numel
+        if numel == 0 or self.float_path is None:
+            return TensorStats(info, kind, numel)
+        if not self.float_path:
+            mean = self.total / self.count if self.count else 0.0
+            return TensorStats(
+                info, kind, numel, mean=mean, min=self.min, max=self.max, scalar=self.scalar
+            )
+        n = self.count
+        if n == 0:
+            return TensorStats(info, kind, numel, nan=self.nan, inf=self.inf)
+        mean = self.total / n
+        var = max(self.sumsq / n - mean * mean, 0.0)
+        stats: dict = dict(
+            nan=self.nan, inf=self.inf, mean=mean, std=math.sqrt(var), min=self.min,
+            max=self.max, zeros=self.zeros, norm=math.sqrt(self.sumsq),
+        )  # fmt: skip
+        if self.wants_units and not self.holes and self._row_norms:
+            stats.update(self._unit_stats(units))
+            if self.keep_kernels:
+                stats["kernels"] = np.concatenate(self._kernels)
+        return TensorStats(info, kind, numel, **stats)
+
+    def _unit_stats(self, fetch: Callable[[list[int]], torch.Tensor] | None) -> dict:
+        import torch
+
+        row_norm = torch.cat(self._row_norms)
+        n_units = row_norm.numel()
+        fan_in = self.numel // n_units if n_units else 0
+        out: dict = {"n_units": n_units, "fan_in": fan_in}
+        if n_units < 2 or fan_in == 0:
+            return out
+        top = float(row_norm.max())
+        if top == 0.0:
+            return out  # an all-zero tensor: constant-parameter's business, not per-unit
+        zero = (row_norm <= top * 1e-7).nonzero().flatten()
+        out["n_zero_units"] = int(zero.numel())
+        out["zero_units"] = tuple(int(i) for i in zero[:MAX_LISTED])
+        groups = _duplicate_units(torch.cat(self._proj), row_norm, top, fetch)
+        out["duplicate_groups"] = tuple(g[:MAX_LISTED] for g in groups)
+        out["n_duplicate_units"] = sum(len(g) - 1 for g in groups)
         return out
-    row_norm = torch.linalg.vector_norm(units, dim=1)
-    top = float(row_norm.max())
-    if top == 0.0:
-        return out  # an all-zero tensor: constant-parameter's business, not per-unit
-    zero = (row_norm <= top * 1e-7).nonzero().flatten()
-    out["n_zero_units"] = int(zero.numel())
-    out["zero_units"] = tuple(int(i) for i in zero[:MAX_LISTED])
-    groups = _duplicate_units(units, row_norm, top)
-    out["duplicate_groups"] = tuple(g[:MAX_LISTED] for g in groups)
-    out["n_duplicate_units"] = sum(len(g) - 1 for g in groups)
-    return out
 
 
-def _duplicate_units(units: torch.Tensor, row_norm: torch.Tensor, top: float) -> list[tuple]:
+# Candidate units confirmed per fetch: bounds the memory a huge duplicate group can take.
+CONFIRM_CHUNK = 256
+
+
+def _duplicate_units(
+    proj: torch.Tensor,
+    row_norm: torch.Tensor,
+    top: float,
+    fetch: Callable[[list[int]], torch.Tensor] | None,
+) -> list[tuple[int, ...]]:
     """Groups of units with (nearly) identical incoming weights, via random projections.
 
     Identical rows land in the same grid cell of a 16-d random projection; the cell size is
@@ -204,24 +275,28 @@ def _duplicate_units(units: torch.Tensor, row_norm: torch.Tensor, top: float) ->
     live = (row_norm > max(top * 1e-7, SMALL_UNIT * typical)).nonzero().flatten()
     if live.numel() < 2:
         return []
-    # Indexing copies the whole matrix; skip it in the usual case where every unit is live.
-    sub = units if live.numel() == units.shape[0] else units[live]
-    proj = sub @ _projection(sub.shape[1], sub.dtype)
     cell = 4 * DUPLICATE_RTOL * typical
-    keys = torch.round(proj / cell).to(torch.int64).numpy()
+    keys = torch.round(proj[live].double() / cell).to(torch.int64).numpy()
     buckets: dict[bytes, list[int]] = {}
-    for i, row in enumerate(keys):
+    for i, row in zip(live.tolist(), keys, strict=True):
         buckets.setdefault(row.tobytes(), []).append(i)
     groups = []
     for members in buckets.values():
         if len(members) < 2:
             continue
-        idx = torch.tensor(members)
-        dist = torch.linalg.vector_norm(sub[idx] - sub[idx[0]], dim=1)
-        own = torch.maximum(row_norm[live][idx], row_norm[live][idx[0]])
-        same = idx[dist <= DUPLICATE_RTOL * own]
-        if same.numel() >= 2:
-            groups.append(tuple(int(live[i]) for i in same))
+        if fetch is None:
+            groups.append(tuple(members))  # unconfirmable: trust the projection
+            continue
+        ref = fetch(members[:1])[0].double()
+        same = [members[0]]
+        for k in range(1, len(members), CONFIRM_CHUNK):
+            chunk = members[k : k + CONFIRM_CHUNK]
+            dist = torch.linalg.vector_norm(fetch(chunk).double() - ref, dim=1)
+            own = torch.maximum(row_norm[chunk], row_norm[members[0]])
+            close = (dist <= DUPLICATE_RTOL * own).tolist()
+            same += [m for m, ok in zip(chunk, close, strict=True) if ok]
+        if len(same) >= 2:
+            groups.append(tuple(same))
     return sorted(groups, key=len, reverse=True)
 
 
@@ -231,28 +306,75 @@ def _projection_np(fan_in: int) -> np.ndarray:
     return np.random.default_rng(fan_in).standard_normal((fan_in, PROJECTIONS))
 
 
+@lru_cache(maxsize=64)
 def _projection(fan_in: int, dtype: torch.dtype) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(_projection_np(fan_in)).to(dtype)
 
 
+class UpdateAccumulator:
+    """How a tensor moved, fed with matching blocks of the initial and final tensor."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.init_sq = self.final_sq = self.delta_sq = 0.0
+        self.max_abs_delta = 0.0
+        self.identical = True
+
+    def add(self, init: torch.Tensor, final: torch.Tensor) -> None:
+        import torch
+
+        a = init.reshape(-1).to(torch.float32)
+        b = final.reshape(-1).to(torch.float32)
+        if a.numel() == 0:
+            return
+        delta = b - a
+        self.init_sq += float(torch.dot(a, a))
+        self.final_sq += float(torch.dot(b, b))
+        delta_sq = float(torch.dot(delta, delta))
+        self.delta_sq += delta_sq
+        biggest = float(delta.abs_().max())
+        if not math.isnan(self.max_abs_delta) and not biggest <= self.max_abs_delta:
+            self.max_abs_delta = biggest  # NaN, once seen, stays
+        # Only a zero delta can be equality (NaN deltas are not); confirm it exactly.
+        self.identical = self.identical and delta_sq == 0.0 and bool(torch.equal(init, final))
+
+    def finish(self) -> UpdateStats:
+        delta_norm = math.sqrt(self.delta_sq)
+        return UpdateStats(
+            name=self.name,
+            init_norm=math.sqrt(self.init_sq),
+            final_norm=math.sqrt(self.final_sq),
+            delta_norm=delta_norm,
+            max_abs_delta=self.max_abs_delta,
+            identical=self.identical and delta_norm == 0.0,
+        )
+
+
+def can_compare(init: TensorInfo, final: TensorInfo) -> bool:
+    return init.shape == final.shape and init.is_float and final.is_float
+
+
+def compute_stats(info: TensorInfo, tensor: torch.Tensor) -> TensorStats:
+    """Statistics of a tensor already in memory, in its stored layout."""
+    acc = StatsAccumulator(info)
+    acc.add(tensor)
+    axis = acc.unit_axis
+
+    def units(index: list[int]) -> torch.Tensor:
+        import torch
+
+        rows = tensor.movedim(axis, 0).reshape(tensor.shape[axis], -1)
+        return rows[torch.tensor(index)].to(torch.float64)
+
+    return acc.finish(units)
+
+
 def compute_update(name: str, init: torch.Tensor, final: torch.Tensor) -> UpdateStats | None:
     """Movement of one tensor; None when shapes differ or the tensor is not floating point."""
-    import torch
-
     if init.shape != final.shape or not final.is_floating_point() or not init.is_floating_point():
         return None
-    a = init.reshape(-1).to(torch.float32)
-    b = final.reshape(-1).to(torch.float32)
-    delta = b - a
-    delta_norm = float(torch.linalg.vector_norm(delta))
-    return UpdateStats(
-        name=name,
-        init_norm=float(torch.linalg.vector_norm(a)),
-        final_norm=float(torch.linalg.vector_norm(b)),
-        delta_norm=delta_norm,
-        max_abs_delta=float(delta.abs_().max()) if delta.numel() else 0.0,
-        # Only a zero delta can be equality (NaN deltas are not); confirm it exactly.
-        identical=delta_norm == 0.0 and bool(torch.equal(init, final)),
-    )
+    acc = UpdateAccumulator(name)
+    acc.add(init, final)
+    return acc.finish()

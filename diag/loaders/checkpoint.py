@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from diag.errors import InputError
 from diag.loaders.optimizer import OptimizerState, parse_optimizer
 from diag.loaders.safe_pickle import Opaque, TensorRef, to_plain
-from diag.loaders.table import ParamTable, TensorInfo
+from diag.loaders.table import ParamTable, TensorInfo, table_span
 
 if TYPE_CHECKING:
     import torch
 
+    from diag.loaders.rawfile import FileSpan
     from diag.stats import TensorStats
 
 # Keys under which training scripts nest the model's state dict, in order of preference.
@@ -158,6 +159,9 @@ class TorchZipTable:
 
     def read(self, name: str) -> torch.Tensor:
         return self._archive.read(self._refs[name], name)
+
+    def span(self, name: str) -> FileSpan | None:
+        return self._archive.span(self._refs[name], name)
 
     def close(self) -> None:
         self._archive.close()
@@ -296,6 +300,9 @@ class ShardedTable:
 
     def read(self, name: str) -> torch.Tensor:
         return self._by_name[name][1].read(name)
+
+    def span(self, name: str) -> FileSpan | None:
+        return table_span(self._by_name[name][1], name)
 
     def close(self) -> None:
         for shard in self._shards.values():

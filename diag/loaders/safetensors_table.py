@@ -1,4 +1,8 @@
-"""safetensors files, read lazily through `safe_open`."""
+"""safetensors files: the header validated by hand, each tensor read by offset on demand.
+
+Tensors are read with positional reads into fresh buffers rather than through a memory map,
+so the pages of tensors already visited are never part of diag's resident memory.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import InputError
+from diag.loaders.rawfile import FileSpan, RawFile
 from diag.loaders.table import ITEMSIZE, TensorInfo
 
 if TYPE_CHECKING:
@@ -20,13 +25,13 @@ DTYPES = {
     "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
     "U64": "uint64", "BOOL": "bool",
 }  # fmt: skip
-# safe_open maps the whole file; reopening it after this many bytes lets the kernel drop
-# pages we are done with, so resident memory stays near one tensor, not the whole file.
-REOPEN_AFTER_BYTES = 256 * 1024 * 1024
 
 
-def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """Parse and validate the header: {name: entry}, metadata. Raises InputError."""
+def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Parse and validate the header: {name: entry}, metadata, data offset. Raises InputError.
+
+    After this, every entry's span is known to lie inside the file without overlaps.
+    """
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
@@ -71,7 +76,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         pos = end
     if 8 + n + pos != size:
         raise InputError(path, "truncated or padded safetensors file (data size mismatch)")
-    return header, meta if isinstance(meta, dict) else {}
+    return header, meta if isinstance(meta, dict) else {}, 8 + n
 
 
 class SafetensorsTable:
@@ -79,31 +84,38 @@ class SafetensorsTable:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        header, self.metadata = read_header(path)
+        header, self.metadata, self._data_start = read_header(path)
         # Header order is alphabetical in practice; offset order is the order written.
         entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
         self._infos = [
             TensorInfo(name, tuple(int(d) for d in e["shape"]), DTYPES[e["dtype"]])
             for name, e in entries
         ]
-        self._handle: Any = None
-        self._since_open = 0
+        self._by_name = {i.name: i for i in self._infos}
+        self._offsets = {name: tuple(e["data_offsets"]) for name, e in entries}
+        self._file = RawFile(path)
 
     def infos(self) -> list[TensorInfo]:
         return list(self._infos)
 
-    def read(self, name: str) -> torch.Tensor:
-        from safetensors import SafetensorError, safe_open
+    def span(self, name: str) -> FileSpan | None:
+        start, end = self._offsets[name]
+        return FileSpan(self._file, self._data_start + start, end - start) if end > start else None
 
+    def read(self, name: str) -> torch.Tensor:
+        import torch
+
+        info = self._by_name[name]
+        dtype = getattr(torch, info.dtype)
+        start, end = self._offsets[name]
+        if end == start:
+            return torch.empty(info.shape, dtype=dtype)
+        buf = bytearray(end - start)
         try:
-            if self._handle is None or self._since_open > REOPEN_AFTER_BYTES:
-                self._handle = safe_open(str(self.path), framework="pt")
-                self._since_open = 0
-            tensor = self._handle.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
+            self._file.readinto(self._data_start + start, memoryview(buf), f"tensor {name!r}")
+        except OSError as exc:
             raise InputError(self.path, f"cannot read tensor {name!r} ({exc})") from None
-        self._since_open += tensor.numel() * tensor.element_size()
-        return tensor
+        return torch.frombuffer(buf, dtype=dtype).view(info.shape)
 
     def close(self) -> None:
-        self._handle = None
+        self._file.close()

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from diag.loaders.rawfile import FileSpan
+
 ITEMSIZE = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
     "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
@@ -72,3 +74,9 @@ class ParamTable(Protocol):
 def iter_tensors(table: ParamTable) -> Iterator[tuple[TensorInfo, torch.Tensor]]:
     for info in table.infos():
         yield info, table.read(info.name)
+
+
+def table_span(table: ParamTable, name: str) -> FileSpan | None:
+    """Where a tensor lies in its file, for tables that can say (others read whole)."""
+    span = getattr(table, "span", None)
+    return span(name) if span is not None else None

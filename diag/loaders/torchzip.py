@@ -7,13 +7,13 @@ uncompressed zip entry, so one tensor is in memory at a time.
 
 from __future__ import annotations
 
-import os
 import struct
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import InputError
+from diag.loaders.rawfile import FileSpan, RawFile
 from diag.loaders.safe_pickle import (
     CodeInPickle,
     StorageRef,
@@ -73,7 +73,7 @@ class TorchZip:
             raise InputError(path, str(exc)) from None
         except UnsupportedPickle as exc:
             raise InputError(path, f"unreadable checkpoint pickle: {exc}") from None
-        self._fd: int | None = None
+        self._file = RawFile(path, self.size)
 
     @staticmethod
     def _check_entries(path: Path, infos: list[zipfile.ZipInfo]) -> None:
@@ -106,7 +106,7 @@ class TorchZip:
                 f"storage {storage.key!r} holds {info.file_size} bytes, "
                 f"its header says {storage.numel * max(itemsize, 1)}",
             )
-        header = self._pread(info.header_offset, _LOCAL_HEADER.size)
+        header = self._file.pread(info.header_offset, _LOCAL_HEADER.size)
         fields = _LOCAL_HEADER.unpack(header) if len(header) == _LOCAL_HEADER.size else None
         if fields is None or fields[0] != b"PK\x03\x04":
             raise InputError(self.path, f"corrupt zip entry for storage {storage.key!r}")
@@ -115,46 +115,44 @@ class TorchZip:
             raise InputError(self.path, "truncated: a storage runs past the end of the file")
         return start, info.file_size
 
-    def _pread(self, offset: int, length: int) -> bytes:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return os.pread(self._fd, length, offset)
-
-    def read(self, ref: TensorRef, name: str) -> torch.Tensor:
-        import torch
-
+    def _tensor_span(self, ref: TensorRef, name: str) -> tuple[int, int, int]:
+        """(file offset of the first element, bytes from it to the last one, numel)."""
         start, length = self._data_span(ref.storage)
         itemsize = ITEMSIZE[ref.dtype]
         numel = 1
         for s in ref.size:
             numel *= s
         if numel == 0:
-            return torch.empty(ref.size, dtype=getattr(torch, ref.dtype))
+            return start, 0, 0
         last = ref.offset + sum((n - 1) * st for n, st in zip(ref.size, ref.stride, strict=True))
         # Offsets and strides count elements of the tensor's dtype within its storage.
         if (last + 1) * itemsize > length:
             raise InputError(self.path, f"tensor {name!r} reaches past the end of its storage")
         first_byte = ref.offset * itemsize
-        span = (last + 1) * itemsize - first_byte
+        return start + first_byte, (last + 1) * itemsize - first_byte, numel
+
+    def span(self, ref: TensorRef, name: str) -> FileSpan | None:
+        """The tensor's bytes as one row-major run of the file, or None if it is strided."""
+        offset, span, numel = self._tensor_span(ref, name)
+        if numel == 0 or ref.stride != _contiguous_stride(ref.size):
+            return None
+        return FileSpan(self._file, offset, span)
+
+    def read(self, ref: TensorRef, name: str) -> torch.Tensor:
+        import torch
+
+        offset, span, numel = self._tensor_span(ref, name)
+        if numel == 0:
+            return torch.empty(ref.size, dtype=getattr(torch, ref.dtype))
         buf = bytearray(span)
-        view = memoryview(buf)
-        got = 0
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        while got < span:
-            n = os.preadv(self._fd, [view[got:]], start + first_byte + got)
-            if n <= 0:
-                raise InputError(self.path, "truncated: a tensor's bytes end early")
-            got += n
+        self._file.readinto(offset, memoryview(buf), f"tensor {name!r}")
         flat = torch.frombuffer(buf, dtype=getattr(torch, ref.dtype))
         if ref.stride == _contiguous_stride(ref.size):
             return flat[:numel].view(ref.size)
         return flat.as_strided(ref.size, ref.stride).contiguous()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 def _contiguous_stride(size: tuple[int, ...]) -> tuple[int, ...]:

@@ -21,6 +21,9 @@ FINGERPRINT_BYTES = 1 << 20
 class CheckOptions:
     checkpoint: str | None = None
     init: str | None = None
+    logs: list[str] = field(default_factory=list)
+    train_metric: str | None = None
+    val_metric: str | None = None
     select: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     fmt: str = "text"
@@ -44,15 +47,23 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     from diag.registry import load_rules, select_rules
     from diag.run import Run
 
-    if not options.checkpoint:
-        raise UsageError("nothing to check: give a CHECKPOINT or set `checkpoint` in [tool.diag]")
+    if not options.checkpoint and not options.logs:
+        raise UsageError(
+            "nothing to check: give a CHECKPOINT or --logs, or set them in [tool.diag]"
+        )
+    if options.init and not options.checkpoint:
+        raise UsageError("--init needs a CHECKPOINT to compare with")
     try:
         specs = select_rules(load_rules(), options.select, options.ignore)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    run = Run(checkpoint=open_checkpoint(options.checkpoint))
+    run = Run()
+    if options.checkpoint:
+        run.checkpoint = open_checkpoint(options.checkpoint)
     if options.init:
         run.init = open_checkpoint(options.init)
+    if options.logs:
+        run.logs = load_logs(options.logs, options.train_metric, options.val_metric)
     with _progress(options.quiet, run.total_bytes()) as advance:
         run.prepare(advance)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -62,6 +73,25 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
         "rules_run": len(specs),
     }
     return run_rules(run, specs, metadata), run
+
+
+def load_logs(paths: list[str], train_metric: str | None, val_metric: str | None) -> list[Any]:
+    """Every run of every --logs path, with its curves and their roles."""
+    from diag.loaders.logs import open_logs
+    from diag.loaders.logs.curves import training_log
+
+    logs, refused = [], []
+    for path in paths:
+        for log_run in open_logs(Path(path)):
+            try:
+                logs.append(training_log(log_run, train_metric, val_metric))
+            except UsageError as exc:
+                refused.append((log_run, exc))
+    if refused and not logs:
+        raise refused[0][1]
+    for log_run, _ in refused:  # the named series is in other runs: infer this one's roles
+        logs.append(training_log(log_run))
+    return logs
 
 
 def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:
@@ -79,6 +109,22 @@ def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:
 
 
 def _inputs(run: Any) -> list[dict[str, Any]]:
+    out = _checkpoint_inputs(run)
+    for log in run.logs or ():
+        entry: dict[str, Any] = {"role": "logs", "path": str(log.source), "format": log.run.format}
+        if log.run.run:
+            entry["run"] = log.run.run
+        entry["series"] = len(log.curves)
+        entry["roles"] = dict(log.roles)
+        if log.tests:
+            entry["test_series"] = list(log.tests)
+        if log.notes:
+            entry["notes"] = list(log.notes)
+        out.append(entry)
+    return out
+
+
+def _checkpoint_inputs(run: Any) -> list[dict[str, Any]]:
     out = []
     for role in ("checkpoint", "init"):
         ckpt = getattr(run, role)

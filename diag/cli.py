@@ -36,6 +36,16 @@ def cli() -> None:
 @click.argument("checkpoint", required=False)
 @click.option("--init", "init_path", metavar="PATH", help="The checkpoint saved before training.")
 @click.option(
+    "--logs",
+    multiple=True,
+    metavar="PATH",
+    help="Training logs: a file, or a folder searched for known formats (repeatable).",
+)
+@click.option("--train-metric", metavar="NAME", help="The series to use as the training loss.")
+@click.option(
+    "--val-metric", metavar="NAME", help="The series to use as the validation loss or metric."
+)
+@click.option(
     "--select", multiple=True, metavar="RULES", help="Only these rules or groups (comma list)."
 )
 @click.option(
@@ -56,6 +66,9 @@ def cli() -> None:
 def check(
     checkpoint: str | None,
     init_path: str | None,
+    logs: tuple[str, ...],
+    train_metric: str | None,
+    val_metric: str | None,
     select: tuple[str, ...],
     ignore: tuple[str, ...],
     fmt: str | None,
@@ -65,7 +78,7 @@ def check(
     config_path: str | None,
     quiet: bool,
 ) -> None:
-    """Check a training run's checkpoint (and optionally its initial weights)."""
+    """Check what a training run left behind: its checkpoint, initial weights and logs."""
     from diag.check import CheckOptions, run_check
 
     try:
@@ -75,6 +88,9 @@ def check(
         options = CheckOptions(
             checkpoint=checkpoint or config.get("checkpoint"),
             init=init_path or config.get("init"),
+            logs=list(logs) or config.get("logs", []),
+            train_metric=train_metric or config.get("train-metric"),
+            val_metric=val_metric or config.get("val-metric"),
             select=_split(select) or config.get("select", []),
             ignore=_split(ignore) or config.get("ignore", []),
             fmt=fmt or config.get("format", "text"),

@@ -9,7 +9,10 @@ from typing import Any
 
 from diag.errors import UsageError
 
-KEYS = ("checkpoint", "init", "select", "ignore", "fail-on", "format", "output", "html")
+KEYS = (
+    "checkpoint", "init", "logs", "train-metric", "val-metric", "select", "ignore", "fail-on",
+    "format", "output", "html",
+)  # fmt: skip
 PATH_KEYS = ("checkpoint", "init", "output", "html")
 FAIL_ON = ("info", "warning", "error", "never")
 
@@ -66,6 +69,12 @@ def _validate(table: Any, path: Path) -> dict[str, Any]:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise UsageError(f"{path}: [tool.diag] {key} must be a list of rule or group names")
+        elif key == "logs":
+            if isinstance(value, str):
+                value = [value]
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise UsageError(f"{path}: [tool.diag] logs must be a path or a list of paths")
+            value = [str(path.parent / v) for v in value]
         elif not isinstance(value, str):
             raise UsageError(f"{path}: [tool.diag] {key} must be a string")
         if key == "fail-on" and value not in FAIL_ON:

@@ -26,7 +26,8 @@ def run_rules(
                 Skipped(spec.name, MISSING_REASONS.get(missing[0], f"needs {missing[0]}"))
             )
             continue
-        kwargs = {n: run.artifact(n) for n in (*spec.needs, *spec.uses)}
+        # `a|b` needs either input; the rule gets both, one of them possibly None.
+        kwargs = {n: run.artifact(n) for need in (*spec.needs, *spec.uses) for n in need.split("|")}
         start = time.perf_counter()
         try:
             for found in spec.func(**kwargs):

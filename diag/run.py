@@ -8,6 +8,7 @@ from typing import Any
 
 from diag.loaders.blocks import Buffer, TensorSource
 from diag.loaders.checkpoint import Checkpoint
+from diag.loaders.logs.curves import TrainingLog
 from diag.stats import (
     StatsAccumulator,
     TensorStats,
@@ -22,6 +23,8 @@ MISSING_REASONS = {
     "init": "needs --init (the checkpoint saved before training)",
     "updates": "needs --init (the checkpoint saved before training)",
     "initial": "needs --init, or a checkpoint saved at step 0",
+    "logs": "needs --logs (the run's training logs)",
+    "logs|checkpoint": "needs --logs, or a checkpoint that records what it monitored",
 }
 
 Progress = Callable[[int, int], None]
@@ -32,6 +35,7 @@ class Run:
     checkpoint: Checkpoint | None = None
     init: Checkpoint | None = None
     updates: dict[str, UpdateStats] | None = None
+    logs: list[TrainingLog] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -44,7 +48,8 @@ class Run:
         return None
 
     def available(self, name: str) -> bool:
-        return getattr(self, name, None) is not None
+        """Whether an input is there; `a|b` asks for either."""
+        return any(getattr(self, n, None) is not None for n in name.split("|"))
 
     def artifact(self, name: str) -> Any:
         return getattr(self, name)

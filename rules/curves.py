@@ -1,0 +1,574 @@
+"""[curves] rules: what a run's training and validation curves say went wrong.
+
+Every threshold here was calibrated on real runs trained on scikit-learn's digits (see
+tests/test_curves_calibration.py): healthy runs with and without early stopping, a run
+overfitting a 64-sample subset, runs whose learning rate is too high (a blow-up, NaN),
+one whose learning rate is far too low, and one validated on copies of its training data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from diag.loaders.logs.curves import (
+    TRAIN_LOSS,
+    VAL_LOSS,
+    Curve,
+    TrainingLog,
+    is_loss,
+    split_of,
+)
+from diag.model import Finding, Location, Severity
+from diag.registry import rule
+
+_MONITOR = re.compile(r"""['"]monitor['"]\s*:\s*['"]([^'"]+)['"]""")
+
+
+def _where(log: TrainingLog, series: str, **details: Any) -> Location:
+    return Location(
+        str(log.source), series, {"run": log.run.run, **details} if log.run.run else details
+    )
+
+
+def _epoch(curve: Curve, index: int) -> float | None:
+    return curve.epoch_at(index)
+
+
+def _at(curve: Curve, index: int) -> str:
+    """ "step 120 (epoch 4)", for messages."""
+    epoch = _epoch(curve, index)
+    where = f"step {int(curve.steps[index])}"
+    return f"{where}, epoch {epoch:g}" if epoch is not None else where
+
+
+def _finite(curve: Curve) -> Curve:
+    ok = np.isfinite(curve.values)
+    if ok.all():
+        return curve
+    epochs = None if curve.epochs is None else curve.epochs[ok]
+    return Curve(curve.name, curve.steps[ok], curve.values[ok], epochs)
+
+
+def _running_median(values: np.ndarray, width: int = 3) -> np.ndarray:
+    """Centred running median: one bad evaluation neither makes nor hides a minimum."""
+    if len(values) < width:
+        return values.copy()
+    half = width // 2
+    padded = np.concatenate([values[:1].repeat(half), values, values[-1:].repeat(half)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width)
+    return np.median(windows, axis=1)
+
+
+def _train_at(train: Curve, steps: np.ndarray) -> np.ndarray:
+    """The training loss over the stretch that ends at each step (an epoch's mean).
+
+    Per-step training losses are noisy; what compares with an evaluation at step s is
+    the average since the previous evaluation.
+    """
+    out = np.full(len(steps), np.nan)
+    prev = -np.inf
+    for i, s in enumerate(steps):
+        mask = (train.steps > prev) & (train.steps <= s)
+        if mask.any():
+            out[i] = float(np.mean(train.values[mask]))
+        else:
+            before = np.nonzero(train.steps <= s)[0]
+            if before.size:
+                out[i] = float(train.values[before[-1]])
+        prev = s
+    return out
+
+
+# ------------------------------------------------------------------ loss-nonfinite
+
+
+@rule(name="loss-nonfinite", group="curves", severity=Severity.ERROR, needs=("logs",))
+def loss_nonfinite(logs: list[TrainingLog]) -> Iterator[Finding]:
+    """A loss that became NaN or infinite.
+
+    ## What it does
+    Looks at every loss series in the logs (training, validation, test) for NaN or
+    infinite values and reports where the first one appeared and how many followed.
+
+    ## Why is this bad?
+    Once a loss is NaN, every update after it is NaN too: the weights are destroyed and
+    the rest of the run is wasted. A few infinite values followed by recovery usually
+    mean an overflow (fp16 without loss scaling, a log of zero) that also corrupted
+    updates silently.
+
+    ## How to fix
+    Lower the learning rate or add warm-up, clip gradients, check for `log(0)` and
+    division by zero in custom losses, use a loss scaler with fp16, and make the training
+    script stop (or skip the step) when the loss stops being finite.
+    """
+    for log in logs:
+        for name, curve in log.curves.items():
+            if not is_loss(name) or len(curve) == 0:
+                continue
+            bad = ~np.isfinite(curve.values)
+            if not bad.any():
+                continue
+            first = int(np.argmax(bad))
+            after = int(bad[first:].sum())
+            kind = "NaN" if np.isnan(curve.values[first]) else "infinite"
+            recovered = bool(np.isfinite(curve.values[-1]))
+            tail = "and recovered later" if recovered else "and stayed non-finite to the end"
+            yield Finding(
+                message=(
+                    f"{name} became {kind} at {_at(curve, first)}: {after} of the "
+                    f"{len(curve) - first} points from there are non-finite {tail}"
+                ),
+                location=_where(log, name, step=int(curve.steps[first])),
+                evidence={
+                    "first_step": int(curve.steps[first]),
+                    "first_epoch": _epoch(curve, first),
+                    "nonfinite_points": after,
+                    "points": len(curve),
+                    "nan": bool(np.isnan(curve.values[first])),
+                    "recovered": recovered,
+                },
+            )
+
+
+# ------------------------------------------------------------------ train-val-divergence
+
+
+@rule(name="train-val-divergence", group="curves", severity=Severity.WARNING, needs=("logs",))
+def train_val_divergence(
+    logs: list[TrainingLog],
+    *,
+    patience: int = 5,
+    min_rise: float = 0.10,
+    min_rise_of_start: float = 0.02,
+    min_train_drop: float = 0.10,
+    min_evaluations: int = 6,
+) -> Iterator[Finding]:
+    """Validation loss rising after its minimum while the training loss keeps falling.
+
+    ## What it does
+    Finds the validation loss minimum (after a running median over three evaluations,
+    so one lucky or unlucky evaluation does not decide it), then checks that for at least
+    `patience` evaluations after it the validation loss stayed clearly above that minimum
+    (at the end, `min_rise` relative and `min_rise_of_start` of the starting validation
+    loss higher), while the training loss fell by at least `min_train_drop` over the
+    same stretch. It reports the best step and epoch (where early stopping should have
+    stopped), how much the validation loss rose, and the train/validation gap at the end.
+
+    ## Why is this bad?
+    This is overfitting: the model is memorising the training set at the expense of
+    new data. A checkpoint taken at the end of the run is worse than the one at the
+    minimum, and more epochs only make it worse.
+
+    ## How to fix
+    Use early stopping on the validation loss (or keep the best checkpoint), add
+    regularisation (weight decay, dropout, augmentation), get more data, or use a
+    smaller model. If the training set is tiny, check that it is the set you meant.
+    """
+    for log in logs:
+        val, train = log.curve(VAL_LOSS), log.curve(TRAIN_LOSS)
+        if val is None or train is None:
+            continue
+        val, train = _finite(val), _finite(train)
+        if len(val) < min_evaluations or len(train) < 2:
+            continue
+        smooth = _running_median(val.values)
+        best = int(np.argmin(smooth))
+        after = len(val) - 1 - best
+        if after < patience:
+            continue
+        best_value = float(smooth[best])
+        end_value = float(smooth[-1])
+        threshold = max(abs(best_value) * min_rise, abs(float(val.values[0])) * min_rise_of_start)
+        if end_value - best_value < threshold:
+            continue
+        # Sustained: the last `patience` evaluations all stay above half the threshold.
+        if np.any(smooth[-patience:] - best_value < threshold / 2):
+            continue
+        train_at = _train_at(train, val.steps)
+        t_best, t_end = float(train_at[best]), float(train_at[-1])
+        if not (np.isfinite(t_best) and np.isfinite(t_end)) or t_best <= 0:
+            continue
+        drop = (t_best - t_end) / abs(t_best)
+        if drop < min_train_drop:
+            continue
+        rise = (end_value - best_value) / abs(best_value) if best_value else float("inf")
+        yield Finding(
+            message=(
+                f"{val.name} was lowest at {_at(val, best)} ({best_value:.4g}), then rose "
+                f"{rise:.0%} over {after} evaluations while {train.name} fell {drop:.0%}: "
+                "overfitting; early stopping should have kept that checkpoint"
+            ),
+            location=_where(log, val.name, train=train.name),
+            evidence={
+                "best_step": int(val.steps[best]),
+                "best_epoch": _epoch(val, best),
+                "best_value": best_value,
+                "end_step": int(val.steps[-1]),
+                "end_value": end_value,
+                "rise": rise,
+                "evaluations_after_best": after,
+                "train_drop": drop,
+                "gap_at_end": float(val.values[-1]) - t_end,
+                "train_series": train.name,
+                "val_series": val.name,
+            },
+        )
+
+
+# ------------------------------------------------------------------ loss-not-decreasing
+
+
+def _bin_medians(values: np.ndarray, bins: int) -> np.ndarray:
+    return np.array([float(np.median(part)) for part in np.array_split(values, bins)])
+
+
+@rule(name="loss-not-decreasing", group="curves", severity=Severity.WARNING, needs=("logs",))
+def loss_not_decreasing(
+    logs: list[TrainingLog],
+    *,
+    min_drop: float = 0.10,
+    plateau_fraction: float = 0.4,
+    min_points: int = 10,
+) -> Iterator[Finding]:
+    """A training loss that does not fall, or stays flat for a long stretch at the start.
+
+    ## What it does
+    Splits the training loss into ten equal stretches and compares their medians (robust
+    to per-batch noise). It fires when the last stretch is less than `min_drop` below the
+    first (the loss never really fell), or when the loss stayed within `min_drop` of its
+    starting value for at least `plateau_fraction` of the run before it started to fall.
+
+    ## Why is this bad?
+    A network that is learning lowers its training loss quickly at first. A loss that
+    stays at its initial value means no useful gradient reaches the weights: a learning
+    rate far too low or so high it blew the model into a dead state, dead or saturated
+    units, symmetric initialisation, frozen parameters, a detached graph, or labels
+    that do not match the inputs. A long plateau at the start is the same problem,
+    eventually escaped by luck.
+
+    ## How to fix
+    Check the learning rate (a range test helps), that the optimizer holds the model's
+    parameters, that no parameter is frozen or detached by mistake, the initialisation,
+    and that inputs and labels line up (try to overfit a single batch).
+    """
+    for log in logs:
+        curve = log.curve(TRAIN_LOSS)
+        if curve is None:
+            continue
+        curve = _finite(curve)
+        if len(curve) < min_points:
+            continue
+        medians = _bin_medians(curve.values, 10)
+        start, end = medians[0], medians[-1]
+        if start <= 0:
+            continue
+        drop = (start - end) / start
+        evidence = {"start_value": float(start), "end_value": float(end), "drop": float(drop)}
+        if drop < min_drop:
+            yield Finding(
+                message=(
+                    f"{curve.name} did not fall: {start:.4g} over the first tenth of the run, "
+                    f"{end:.4g} over the last ({-drop:+.0%})"
+                ),
+                location=_where(log, curve.name),
+                evidence={
+                    **evidence,
+                    "kind": "stalled",
+                    "first_step": int(curve.steps[0]),
+                    "last_step": int(curve.steps[-1]),
+                },
+            )
+            continue
+        below = np.nonzero(medians < start * (1 - min_drop))[0]
+        flat = int(below[0]) if below.size else len(medians)
+        if flat / len(medians) >= plateau_fraction:
+            parts = np.array_split(np.arange(len(curve)), len(medians))
+            until = int(curve.steps[parts[flat - 1][-1]])
+            yield Finding(
+                message=(
+                    f"{curve.name} stayed at its initial value ({start:.4g}) for the first "
+                    f"{flat / len(medians):.0%} of the run (until step {until}) before it fell"
+                ),
+                location=_where(log, curve.name),
+                evidence={
+                    **evidence,
+                    "kind": "plateau",
+                    "first_step": int(curve.steps[0]),
+                    "last_step": until,
+                },
+            )
+
+
+# ------------------------------------------------------------------ loss-spikes
+
+
+@rule(name="loss-spikes", group="curves", severity=Severity.WARNING, needs=("logs",))
+def loss_spikes(
+    logs: list[TrainingLog],
+    *,
+    factor: float = 3.0,
+    min_jump_of_start: float = 0.3,
+    oscillation: float = 0.25,
+    min_points: int = 20,
+) -> Iterator[Finding]:
+    """Sudden jumps of the training loss, or a loss that keeps oscillating.
+
+    ## What it does
+    Compares every training-loss point with the median of the points just before it.
+    A spike is a point at least `factor` times that median and higher by at least
+    `min_jump_of_start` of the loss at the start of training (so a hard batch late in
+    training, when the loss is near zero, is not a spike). Consecutive spike points are
+    one event; the finding gives the largest, the count, and whether the loss came back
+    down. It also
+    fires when, over the second half of the run, the training loss averaged over
+    twentieths of the run keeps swinging up and down by more than `oscillation` (in
+    log terms, about 28%) between neighbouring stretches, by at least a tenth of the
+    starting loss.
+
+    ## Why is this bad?
+    A spike means one update threw the weights far from where they were: the learning
+    rate is too high for that stretch of the loss surface, a batch was corrupt, or the
+    gradient exploded. If the loss does not come back, the run is effectively over (often
+    at the loss of a constant prediction); a spike the loss recovers from is reported at
+    `info` severity. Sustained oscillation means the optimizer
+    bounces across a valley instead of descending it.
+
+    ## How to fix
+    Lower the learning rate or add warm-up, clip the gradient norm, check the batches
+    around the spike for bad data, and for Adam consider a larger epsilon. Resume from a
+    checkpoint before the spike rather than training on from a broken state.
+    """
+    for log in logs:
+        curve = log.curve(TRAIN_LOSS)
+        if curve is None:
+            continue
+        curve = _finite(curve)
+        n = len(curve)
+        if n < min_points:
+            continue
+        x = curve.values
+        window = max(5, min(50, n // 20))
+        scale = abs(float(np.median(x[:3])))  # about the loss before training moved it
+        if scale == 0:
+            continue
+        base = np.full(n, np.nan)
+        windows = np.lib.stride_tricks.sliding_window_view(x, window)[:-1]
+        base[window:] = np.median(windows, axis=1)
+        with np.errstate(invalid="ignore"):
+            spike = (x > base * factor) & (x - base > min_jump_of_start * scale) & (base > 0)
+        idx = np.nonzero(spike)[0]
+        if idx.size:
+            events = np.split(idx, np.nonzero(np.diff(idx) > 1)[0] + 1)
+            top = int(idx[np.argmax(x[idx] / base[idx])])
+            later = x[top + 1 : top + 1 + window]
+            # Back nearer (geometrically) to the level before the spike than to its peak.
+            recovered = bool(later.size and np.median(later) ** 2 <= x[top] * base[top])
+            outcome = "and came back down" if recovered else "and did not recover"
+            # A hard batch that the run shrugs off is worth knowing, not a warning.
+            yield Finding(
+                severity=Severity.INFO if recovered else None,
+                message=(
+                    f"{curve.name} spiked {len(events)} time(s); the largest at "
+                    f"{_at(curve, top)}: {x[top]:.4g}, {x[top] / base[top]:.1f}x the "
+                    f"{base[top]:.4g} just before, {outcome}"
+                ),
+                location=_where(log, curve.name, step=int(curve.steps[top])),
+                evidence={
+                    "kind": "spike",
+                    "spikes": len(events),
+                    "step": int(curve.steps[top]),
+                    "epoch": _epoch(curve, top),
+                    "value": float(x[top]),
+                    "before": float(base[top]),
+                    "ratio": float(x[top] / base[top]),
+                    "recovered": recovered,
+                    "spike_steps": [int(curve.steps[e[0]]) for e in events[:20]],
+                },
+            )
+            continue
+        half = x[n // 2 :]
+        if half.size >= 20 and np.all(half > 0):
+            means = np.array([float(np.mean(p)) for p in np.array_split(half, 10)])
+            steps_log = np.diff(np.log(means))
+            swings = float(np.mean(np.abs(steps_log)))
+            alternating = float(np.mean(np.sign(steps_log[1:]) != np.sign(steps_log[:-1])))
+            # Relative swings of a loss near zero are rounding-level noise: they must also be
+            # a visible fraction of the starting loss.
+            visible = float(np.mean(np.abs(np.diff(means)))) >= 0.1 * scale
+            if swings >= oscillation and alternating >= 0.6 and visible:
+                yield Finding(
+                    message=(
+                        f"{curve.name} oscillates over the second half of the run: "
+                        f"neighbouring stretches differ by {np.expm1(swings):.0%} on average, "
+                        f"up and down"
+                    ),
+                    location=_where(log, curve.name),
+                    evidence={
+                        "kind": "oscillation",
+                        "mean_swing": swings,
+                        "alternation": alternating,
+                        "first_step": int(curve.steps[n // 2]),
+                        "last_step": int(curve.steps[-1]),
+                    },
+                )
+
+
+# ------------------------------------------------------------------ val-better-than-train
+
+
+@rule(name="val-better-than-train", group="curves", severity=Severity.WARNING, needs=("logs",))
+def val_better_than_train(
+    logs: list[TrainingLog],
+    *,
+    margin: float = 0.2,
+    share: float = 0.8,
+    min_evaluations: int = 4,
+) -> Iterator[Finding]:
+    """Validation loss consistently and clearly lower than the training loss.
+
+    ## What it does
+    Pairs each validation loss with the mean training loss since the previous
+    evaluation and, over the second half of the run, fires when the validation loss is
+    more than `margin` below the training loss in at least `share` of the evaluations.
+
+    ## Why is this bad?
+    A model should not do better on data it has not seen. The usual explanations, in
+    order of how bad they are: validation samples that also occur in the training set
+    (leakage), a validation set much easier than the training set, or training-time
+    effects that inflate the training loss (dropout, heavy augmentation, label
+    smoothing, a training loss averaged over an epoch in which the model improved). The
+    last ones are harmless, but should be known rather than assumed.
+
+    ## How to fix
+    Check the splits for overlap (`diag check --split ...`), compare the training loss
+    measured in eval mode on un-augmented training data, and make sure the validation
+    set is drawn from the same distribution as the test data.
+    """
+    for log in logs:
+        val, train = log.curve(VAL_LOSS), log.curve(TRAIN_LOSS)
+        if val is None or train is None:
+            continue
+        val, train = _finite(val), _finite(train)
+        if len(val) < 2 * min_evaluations:
+            continue
+        train_at = _train_at(train, val.steps)
+        half = slice(len(val) // 2, None)
+        v, t = val.values[half], train_at[half]
+        ok = np.isfinite(t) & (t > 0)
+        if ok.sum() < min_evaluations:
+            continue
+        ratio = v[ok] / t[ok]
+        better = float(np.mean(ratio < 1 - margin))
+        if better < share:
+            continue
+        median = float(np.median(ratio))
+        yield Finding(
+            message=(
+                f"{val.name} is below {train.name} in {better:.0%} of the evaluations of the "
+                f"second half of the run (median {median:.2f}x): leakage between the splits, "
+                "or dropout/augmentation inflating the training loss; double-check"
+            ),
+            location=_where(log, val.name, train=train.name),
+            evidence={
+                "median_ratio": median,
+                "share_better": better,
+                "evaluations": int(ok.sum()),
+                "first_step": int(val.steps[half][0]),
+                "last_step": int(val.steps[-1]),
+                "train_series": train.name,
+                "val_series": val.name,
+            },
+        )
+
+
+# ------------------------------------------------------------------ test-set-selection
+
+
+def _monitors(meta: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, metric) pairs for every monitor a checkpoint or log records."""
+    callbacks = meta.get("callbacks")
+    if isinstance(callbacks, dict):
+        for key, state in callbacks.items():
+            name = str(key).split("{", 1)[0] or "callback"
+            monitor = state.get("monitor") if isinstance(state, dict) else None
+            if not isinstance(monitor, str):
+                found = _MONITOR.search(str(key))
+                monitor = found[1] if found else None
+            if monitor:
+                yield name, monitor
+    hparams = meta.get("hyper_parameters") or meta.get("hparams")
+    if isinstance(hparams, dict):
+        for key in ("monitor", "metric_for_best_model", "early_stopping_monitor"):
+            value = hparams.get(key)
+            if isinstance(value, str):
+                yield f"hyperparameter {key}", value
+    if isinstance(meta.get("monitor"), str):
+        yield "monitor", meta["monitor"]
+
+
+@rule(
+    name="test-set-selection",
+    group="curves",
+    severity=Severity.WARNING,
+    needs=("logs|checkpoint",),
+)
+def test_set_selection(logs: list[TrainingLog] | None, checkpoint: Any) -> Iterator[Finding]:
+    """Checkpoints or hyperparameters chosen on the test set.
+
+    ## What it does
+    Fires when a test metric was logged at several points during training (so it was
+    there to be looked at while choosing), and when a checkpoint, early stopping or a
+    logger records that it monitored a test metric (a Lightning `.ckpt` keeps each
+    `ModelCheckpoint` and `EarlyStopping` monitor; MLflow and Lightning logs keep
+    hyperparameters such as `monitor`).
+
+    ## Why is this bad?
+    A test score is an unbiased estimate only if nothing was chosen by looking at it.
+    Picking the epoch, the checkpoint or the hyperparameters by test performance fits
+    them to the test set, and the reported score is optimistic by an unknown amount.
+
+    ## How to fix
+    Monitor a validation metric for checkpointing and early stopping, evaluate the test
+    set once at the end, and keep test metrics out of the per-epoch logs.
+    """
+    for log in logs or ():
+        for name in log.tests:
+            curve = log.curves[name]
+            if len(curve) < 2:
+                continue
+            yield Finding(
+                message=(
+                    f"{name} was logged at {len(curve)} points during training (steps "
+                    f"{int(curve.steps[0])} to {int(curve.steps[-1])}): the test set was "
+                    "watched while the run was being tuned"
+                ),
+                location=_where(log, name),
+                evidence={
+                    "points": len(curve),
+                    "first_step": int(curve.steps[0]),
+                    "last_step": int(curve.steps[-1]),
+                    "source": "logs",
+                },
+            )
+        for where, metric in _monitors(log.meta):
+            if split_of(metric) == "test":
+                yield Finding(
+                    message=f"{where} monitors {metric!r}, a test-set metric",
+                    location=_where(log, where, monitor=metric),
+                    evidence={"monitor": metric, "source": "logs"},
+                )
+    if checkpoint is not None:
+        for where, metric in _monitors(checkpoint.meta.extra):
+            if split_of(metric) == "test":
+                yield Finding(
+                    message=(
+                        f"{where} in the checkpoint monitors {metric!r}, a test-set metric: "
+                        "this checkpoint was chosen on the test set"
+                    ),
+                    location=Location(checkpoint.path, where, {"monitor": metric}),
+                    evidence={"monitor": metric, "source": "checkpoint"},
+                )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,12 @@ class Faults:
     eval_mode: bool = False  # trained under model.eval(): BatchNorm statistics never update
     init_std: float | None = None  # override every weight's init with N(0, init_std)
     lr: float = 0.05
+    weight_decay: float = 0.1
+    train_subset: int | None = None  # train on only this many samples (to overfit)
+    early_stopping: int | None = None  # stop after this many epochs without a better val loss
+    log_test: bool = False  # evaluate the test split every epoch (selection on the test set)
+    val_from_train: bool = False  # the validation split is copies of training samples (leakage)
+    input_noise: float = 0.0  # Gaussian noise added to training inputs (augmentation)
 
 
 HEALTHY = Faults()
@@ -89,6 +95,14 @@ def build_model(faults: Faults = HEALTHY, seed: int = 0) -> Any:
 
 
 @dataclass
+class History:
+    """What a training loop logs: per-step training loss, per-epoch evaluations."""
+
+    step_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    epochs: list[dict[str, float]] = field(default_factory=list)  # epoch, step, train/val/test
+
+
+@dataclass
 class Trained:
     model: Any
     optimizer: Any
@@ -97,6 +111,7 @@ class Trained:
     epochs: int
     val_accuracy: float
     seconds: float
+    history: History = field(default_factory=History)
 
 
 def train(faults: Faults = HEALTHY, seed: int = 0, epochs: int = 30) -> Trained:
@@ -105,37 +120,128 @@ def train(faults: Faults = HEALTHY, seed: int = 0, epochs: int = 30) -> Trained:
     Plain SGD keeps the spatial smoothness of the gradients (Adam's per-coordinate scaling
     does not), and weight decay wears the initial noise away: the first layer ends with
     the smooth kernels a healthy CNN is expected to have (median autocorrelation ~0.45).
+    Losses are recorded as a training script would log them (`Trained.history`).
     """
     import copy
 
     import torch
+    from torch.nn.functional import cross_entropy
 
     x, y, xv, yv = digits(seed)
+    if faults.log_test:  # half of the held-out data becomes a test split
+        xv, yv, xt, yt = (
+            xv[: len(yv) // 2],
+            yv[: len(yv) // 2],
+            xv[len(yv) // 2 :],
+            yv[len(yv) // 2 :],
+        )
+    if faults.train_subset is not None:
+        x, y = x[: faults.train_subset], y[: faults.train_subset]
+    if faults.val_from_train:
+        xv, yv = x[: len(yv)].clone(), y[: len(yv)].clone()
     model = build_model(faults, seed)
     init_state = copy.deepcopy(model.state_dict())
-    optimizer = torch.optim.SGD(model.parameters(), lr=faults.lr, momentum=0.9, weight_decay=0.1)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=faults.lr, momentum=0.9, weight_decay=faults.weight_decay
+    )
     gen = torch.Generator().manual_seed(seed)
     start, steps, best = time.perf_counter(), 0, -1.0
     best_state = None
-    for _ in range(epochs):
+    history = History()
+    best_loss, since_best, done = float("inf"), 0, 0
+    for epoch in range(epochs):
         model.eval() if faults.eval_mode else model.train()
+        losses = []
         for idx in torch.randperm(len(y), generator=gen).split(64):
             optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            inputs = x[idx]
+            if faults.input_noise:
+                inputs = inputs + faults.input_noise * torch.randn(inputs.shape, generator=gen)
+            loss = cross_entropy(model(inputs), y[idx])
             loss.backward()
             optimizer.step()
             steps += 1
+            losses.append(float(loss.detach()))
+            history.step_loss.append((steps, losses[-1]))
         model.eval()
         with torch.no_grad():
-            acc = float((model(xv).argmax(1) == yv).float().mean())
+            logits = model(xv)
+            acc = float((logits.argmax(1) == yv).float().mean())
+            record = {
+                "epoch": epoch,
+                "step": steps,
+                "train_loss": sum(losses) / len(losses),
+                "val_loss": float(cross_entropy(logits, yv)),
+                "val_acc": acc,
+            }
+            if faults.log_test:
+                record["test_acc"] = float((model(xt).argmax(1) == yt).float().mean())
+        history.epochs.append(record)
+        done = epoch + 1
         if acc > best:
             best, best_state = acc, copy.deepcopy(model.state_dict())
+        if record["val_loss"] < best_loss:
+            best_loss, since_best = record["val_loss"], 0
+        else:
+            since_best += 1
+        if faults.early_stopping is not None and since_best >= faults.early_stopping:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return Trained(model, optimizer, init_state, steps, epochs, best, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Trained(model, optimizer, init_state, steps, done, best, seconds, history)
 
 
-def save_run(run: Trained, folder: Path, *, onnx: bool = False, safetensors: bool = False) -> dict:
+def write_lightning_csv(history: History, folder: Path, log_every: int = 5) -> Path:
+    """The run's history as Lightning's CSVLogger writes it: version_0/metrics.csv.
+
+    Step rows carry `train_loss_step`, epoch-end rows `train_loss_epoch` and the
+    validation (and test) values, each row with `epoch` and `step`, cells left empty
+    where a key was not logged: the sparse layout Lightning produces.
+    """
+    import csv
+
+    path = folder / "lightning_logs" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    eval_keys = (
+        [k for k in history.epochs[0] if k not in ("epoch", "step")] if history.epochs else []
+    )
+    columns = [
+        "epoch",
+        "step",
+        "train_loss_step",
+        *(k.replace("train_loss", "train_loss_epoch") for k in eval_keys),
+    ]
+    epoch_of = {}
+    for record in history.epochs:
+        epoch_of[int(record["step"])] = int(record["epoch"])
+    rows = []
+    epoch = 0
+    for step, loss in history.step_loss:
+        if step % log_every == 0:
+            rows.append({"epoch": epoch, "step": step - 1, "train_loss_step": loss})
+        if step in epoch_of:
+            record = history.epochs[epoch]
+            row = {"epoch": epoch, "step": step - 1}
+            for key in eval_keys:
+                row[key.replace("train_loss", "train_loss_epoch")] = record[key]
+            rows.append(row)
+            epoch += 1
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def save_run(
+    run: Trained,
+    folder: Path,
+    *,
+    onnx: bool = False,
+    safetensors: bool = False,
+    monitor: str = "val_acc",
+) -> dict:
     """Write init.pt and a Lightning-style final.ckpt (plus optional copies); return paths."""
     import torch
 
@@ -151,8 +257,8 @@ def save_run(run: Trained, folder: Path, *, onnx: bool = False, safetensors: boo
             "pytorch-lightning_version": "2.5.0",
             "hyper_parameters": {"lr": 0.05, "weight_decay": 0.1, "data": Path("digits")},
             "callbacks": {
-                "ModelCheckpoint{'monitor': 'val_acc', 'mode': 'max'}": {
-                    "monitor": "val_acc",
+                f"ModelCheckpoint{{'monitor': '{monitor}', 'mode': 'max'}}": {
+                    "monitor": monitor,
                     "best_model_score": torch.tensor(run.val_accuracy),
                 }
             },
@@ -184,29 +290,45 @@ def export_onnx(model: Any, path: Path) -> None:
         )
 
 
+DEMO_RUNS = (
+    ("healthy", HEALTHY, 30),
+    ("broken", PLANTED, 30),
+    # 64 training samples, no weight decay, 150 epochs: memorises, then validation loss climbs
+    ("overfit", Faults(train_subset=64, weight_decay=0.0), 150),
+)
+PLANTED_NOTES = {
+    "broken": "conv1 cut from the graph (.detach()), fc1 constant-initialised",
+    "overfit": "trained on 64 samples without weight decay for 150 epochs",
+}
+
+
 def run_demo(directory: Path, echo: Echo = print) -> int:
     from diag.check import CheckOptions, check, write_atomic
     from diag.reports import render
 
-    echo(f"Training two tiny CNNs on scikit-learn's digits into {directory}/ ...")
+    echo(f"Training three tiny CNNs on scikit-learn's digits into {directory}/ ...")
     runs = {}
-    for name, faults in (("healthy", HEALTHY), ("broken", PLANTED)):
-        trained = train(faults)
+    for name, faults, epochs in DEMO_RUNS:
+        trained = train(faults, epochs=epochs)
         runs[name] = save_run(trained, directory / name)
+        runs[name]["logs"] = write_lightning_csv(trained.history, directory / name).parent
         echo(
             f"  {name:8s} {trained.steps} steps in {trained.seconds:.1f}s, "
             f"validation accuracy {trained.val_accuracy:.1%}"
         )
-    echo("Planted in 'broken': conv1 cut from the graph (.detach()), fc1 constant-initialised.")
-    worst = 0
+    for name, note in PLANTED_NOTES.items():
+        echo(f"Planted in '{name}': {note}.")
+    found_all = True
     for name, paths in runs.items():
-        options = CheckOptions(checkpoint=str(paths["final"]), init=str(paths["init"]))
+        options = CheckOptions(
+            checkpoint=str(paths["final"]), init=str(paths["init"]), logs=[str(paths["logs"])]
+        )
         result, run = check(options)
         report = directory / f"{name}-report.html"
         write_atomic(report, render("html", result, run))
-        echo(f"\n== diag check {paths['final']} --init {paths['init']}")
+        echo(f"\n== diag check {paths['final']} --init {paths['init']} --logs {paths['logs']}")
         echo(render("text", result, run), nl=False)
         echo(f"HTML report: {report}")
-        if name == "broken":
-            worst = 1 if result.worst() is not None else 0
-    return 0 if worst else 1
+        if name in PLANTED_NOTES and result.worst() is None:
+            found_all = False
+    return 0 if found_all else 1

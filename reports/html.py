@@ -160,7 +160,16 @@ def _context(result: Result, run: Run | None) -> dict[str, Any]:
         "errors": result.errors,
         "layers": _layer_table(result.findings, anchors, run),
         "kernels": _kernel_figure(run),
+        "curves": _curve_figures(result, run),
     }
+
+
+def _curve_figures(result: Result, run: Run | None) -> list[Any]:
+    if run is None or not getattr(run, "logs", None):
+        return []
+    from diag.reports.plots import curve_figures
+
+    return curve_figures(run.logs, result.findings)
 
 
 # ---------------------------------------------------------------- formatting

@@ -6,6 +6,12 @@ from typing import Any
 
 from diag.model import Result, Severity
 
+_ROLE_WORDS = {
+    "train_loss": "training loss",
+    "val_loss": "validation loss",
+    "val_metric": "validation metric",
+}
+
 
 def render(result: Result, run: Any = None) -> str:
     lines: list[str] = []
@@ -20,6 +26,16 @@ def render(result: Result, run: Any = None) -> str:
     if result.errors:
         lines.append(f"RULE ERRORS ({len(result.errors)})")
         lines.extend(f"  {e.rule}: {e.message}" for e in result.errors)
+        lines.append("")
+    logs = [i for i in result.metadata.get("inputs", []) if i.get("role") == "logs"]
+    if logs:
+        lines.append(f"LOGS ({len(logs)})")
+        for item in logs:
+            where = f"{item['path']}:{item['run']}" if item.get("run") else item["path"]
+            roles = item.get("roles") or {}
+            used = ", ".join(f"{_ROLE_WORDS.get(r, r)} = {n}" for r, n in roles.items())
+            lines.append(f"  {where} [{item.get('format', '')}]: {used or 'no loss series found'}")
+            lines.extend(f"    note: {note}" for note in item.get("notes", []))
         lines.append("")
     if result.skipped:
         lines.append(f"SKIPPED ({len(result.skipped)})")

@@ -57,6 +57,14 @@ def _read_file(path: Path) -> list[LogRun]:
         return tables.read_jsonl(path)
     if kind is not None:
         return tables.read_csv_log(path)
+    # Named as a log but not recognised by content: let its reader say what is wrong.
+    suffix = path.suffix.lower()
+    if path.name == "trainer_state.json":
+        return tables.read_trainer_state(path)
+    if suffix in (".jsonl", ".ndjson"):
+        return tables.read_jsonl(path)
+    if suffix in (".csv", ".tsv"):
+        return tables.read_csv_log(path)
     raise InputError(
         path,
         "not a training log diag can read (expected TensorBoard events, CSV/TSV, JSON Lines, "
@@ -81,6 +89,8 @@ def _read_folder(root: Path) -> list[LogRun]:
         keep = []
         for d in sorted(dirs):
             sub = folder / d
+            if sub.is_symlink():
+                continue  # never leave the folder the user named
             if mlflow.is_mlflow(sub):
                 runs.extend(mlflow.read_mlflow(sub))
             elif depth < MAX_DEPTH and not d.startswith("."):

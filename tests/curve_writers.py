@@ -50,6 +50,8 @@ def write_keras_csv(history: History, folder: Path) -> Path:
     path = folder / "training.log.csv"
     folder.mkdir(parents=True, exist_ok=True)
     keys = {"loss": "train_loss", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+    if "test_acc" in history.epochs[0]:
+        keys["test_accuracy"] = "test_acc"
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["epoch", *sorted(keys)])
@@ -79,6 +81,14 @@ def write_trainer_state(history: History, folder: Path, log_every: int = 5) -> P
                     "step": step,
                 }
             )
+            if "test_acc" in row:  # trainer.evaluate(test_set, metric_key_prefix="test")
+                log.append(
+                    {
+                        "test_accuracy": row["test_acc"],
+                        "epoch": float(row["epoch"] + 1),
+                        "step": step,
+                    }
+                )
     last = history.step_loss[-1][0]
     log.append({"train_runtime": 3.0, "train_loss": 0.5, "epoch": len(per_epoch), "step": last})
     state = {"global_step": last, "epoch": float(len(per_epoch)), "log_history": log}
@@ -109,16 +119,53 @@ def write_mlflow(history: History, folder: Path) -> Path:
     (run / "tags" / "mlflow.runName").write_text("digits-cnn", encoding="utf-8")
     (run / "params" / "lr").write_text("0.05", encoding="utf-8")
     ts = 1700000000000
-    lines: dict[str, list[str]] = {"train_loss": [], "val_loss": [], "val_acc": []}
-    for step, loss in history.step_loss:
-        lines["train_loss"].append(f"{ts + step} {loss!r} {step}")
-    for row in _epoch_rows(history):
-        step = int(row["step"])
-        lines["val_loss"].append(f"{ts + step} {row['val_loss']!r} {step}")
-        lines["val_acc"].append(f"{ts + step} {row['val_acc']!r} {step}")
-    for key, rows in lines.items():
+    for key, points in _mlflow_points(history).items():
+        rows = [f"{ts + step} {value!r} {step}" for step, value in points]
         (run / "metrics" / key).write_text("\n".join(rows) + "\n", encoding="utf-8")
     return folder / "mlruns"
+
+
+def _mlflow_points(history: History) -> dict[str, list[tuple[int, float]]]:
+    points: dict[str, list[tuple[int, float]]] = {"train_loss": list(history.step_loss)}
+    for row in _epoch_rows(history):
+        for key in ("val_loss", "val_acc", "test_acc"):
+            if key in row:
+                points.setdefault(key, []).append((int(row["step"]), row[key]))
+    return points
+
+
+FIXTURE_DB = Path(__file__).parent / "data" / "logs" / "mlflow" / "mlflow.db"
+
+
+def write_mlflow_sqlite(history: History, folder: Path) -> Path:
+    """An `mlflow.db` with MLflow's real schema (copied from the fixture MLflow 3.17 wrote),
+    holding this history as the metrics of its one live run."""
+    import shutil
+    import sqlite3
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mlflow.db"
+    shutil.copy(FIXTURE_DB, path)
+    con = sqlite3.connect(path)
+    with con:
+        runs = [
+            r[0] for r in con.execute("SELECT run_uuid FROM runs WHERE lifecycle_stage='active'")
+        ]
+        keep = runs[0]
+        con.execute("DELETE FROM metrics")
+        con.execute("DELETE FROM latest_metrics")
+        con.execute("UPDATE runs SET lifecycle_stage='deleted' WHERE run_uuid != ?", (keep,))
+        for key, points in _mlflow_points(history).items():
+            con.executemany(
+                "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (key, 0.0 if v != v else v, 1700000000000 + s, keep, s, int(v != v))
+                    for s, v in points
+                ],
+            )
+    con.close()
+    return path
 
 
 def write_lightning(history: History, folder: Path) -> Path:
@@ -133,4 +180,5 @@ WRITERS: dict[str, Callable[[History, Path], Path]] = {
     "keras-csv": write_keras_csv,
     "hf-trainer": write_trainer_state,
     "mlflow": write_mlflow,
+    "mlflow-sqlite": write_mlflow_sqlite,
 }

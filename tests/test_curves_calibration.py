@@ -103,13 +103,20 @@ def test_every_format_is_silent_on_the_healthy_run(histories, tmp_path, fmt):
     assert _curve_rules(report) == set() and code == 0
 
 
-@pytest.mark.parametrize("fmt", ["tensorboard", "lightning-csv", "jsonl"])
+@pytest.mark.parametrize("fmt", list(WRITERS))
 def test_every_format_finds_the_blowup_and_the_nan(histories, tmp_path, fmt):
     blowup = WRITERS[fmt](histories["blowup"], tmp_path / "blowup")
-    assert "loss-spikes" in _curve_rules(_check("--logs", str(blowup))[1]) or fmt == "jsonl"
+    assert _curve_rules(_check("--logs", str(blowup))[1]) == {"loss-spikes", "loss-not-decreasing"}
     nan = WRITERS[fmt](histories["nan"], tmp_path / "nan")
     code, report = _check("--logs", str(nan))
     assert "loss-nonfinite" in _curve_rules(report) and code == 1  # an error by default
+
+
+@pytest.mark.parametrize("fmt", list(WRITERS))
+def test_every_format_finds_the_test_set_watched_during_training(histories, tmp_path, fmt):
+    path = WRITERS[fmt](histories["test_logged"], tmp_path / fmt)
+    _, report = _check("--logs", str(path))
+    assert _curve_rules(report) == {"test-set-selection"}
 
 
 def test_test_selection_from_the_checkpoint_alone(tmp_path):

@@ -1,0 +1,1 @@
+"""Dataset splits for the [data] rules: loaders and the Split model."""

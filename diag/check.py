@@ -24,6 +24,9 @@ class CheckOptions:
     logs: list[str] = field(default_factory=list)
     train_metric: str | None = None
     val_metric: str | None = None
+    splits: dict[str, str] = field(default_factory=dict)
+    label_column: str | None = None
+    group_column: str | None = None
     select: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     fmt: str = "text"
@@ -47,9 +50,9 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     from diag.registry import load_rules, select_rules
     from diag.run import Run
 
-    if not options.checkpoint and not options.logs:
+    if not options.checkpoint and not options.logs and not options.splits:
         raise UsageError(
-            "nothing to check: give a CHECKPOINT or --logs, or set them in [tool.diag]"
+            "nothing to check: give a CHECKPOINT, --logs or --split, or set them in [tool.diag]"
         )
     if options.init and not options.checkpoint:
         raise UsageError("--init needs a CHECKPOINT to compare with")
@@ -64,7 +67,11 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
         run.init = open_checkpoint(options.init)
     if options.logs:
         run.logs = load_logs(options.logs, options.train_metric, options.val_metric)
-    with _progress(options.quiet, run.total_bytes()) as advance:
+    if options.splits:
+        run.splits = load_splits(options.splits, options.label_column, options.group_column)
+    run.quiet = options.quiet
+    total = run.total_bytes()
+    with Progress(options.quiet or total < 64 * 1024 * 1024, total, "reading tensors") as advance:
         run.prepare(advance)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     metadata = {
@@ -94,6 +101,17 @@ def load_logs(paths: list[str], train_metric: str | None, val_metric: str | None
     return logs
 
 
+def load_splits(
+    paths: dict[str, str], label_column: str | None, group_column: str | None
+) -> dict[str, Any]:
+    from diag.loaders.splits.loaders import open_split
+
+    return {
+        name: open_split(name, Path(path), label_column=label_column, group_column=group_column)
+        for name, path in paths.items()
+    }
+
+
 def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:
     from diag.reports import render
 
@@ -120,6 +138,24 @@ def _inputs(run: Any) -> list[dict[str, Any]]:
             entry["test_series"] = list(log.tests)
         if log.notes:
             entry["notes"] = list(log.notes)
+        out.append(entry)
+    return out + _split_inputs(run)
+
+
+def _split_inputs(run: Any) -> list[dict[str, Any]]:
+    out = []
+    for name, split in (run.splits or {}).items():
+        entry: dict[str, Any] = {"role": "split", "name": name, "path": str(split.source)}
+        entry["kind"] = split.kind
+        entry["samples"] = len(split)
+        if split.labels is not None:
+            entry["classes"] = len(set(split.labels.tolist()))
+        if split.groups is not None:
+            entry["groups"] = len(set(split.groups.tolist()))
+        if split.columns:
+            entry["columns"] = len(split.columns)
+        if split.notes:
+            entry["notes"] = list(split.notes)
         out.append(entry)
     return out
 
@@ -170,12 +206,14 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-class _progress:
-    """A rich progress bar over bytes read, or a no-op when quiet / not a terminal."""
+class Progress:
+    """A rich progress bar on stderr, or a no-op when quiet (not a terminal, --quiet, small)."""
 
-    def __init__(self, quiet: bool, total: int) -> None:
-        self.quiet = quiet or total < 64 * 1024 * 1024
+    def __init__(self, quiet: bool, total: int, label: str, unit: str = "bytes") -> None:
+        self.quiet = quiet
         self.total = total
+        self.label = label
+        self.unit = unit
 
     def __enter__(self) -> Callable[[int, int], None] | None:
         if self.quiet:
@@ -184,21 +222,23 @@ class _progress:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            Progress,
+            MofNCompleteColumn,
             TextColumn,
             TimeRemainingColumn,
         )
+        from rich.progress import Progress as Bar
 
-        self._bar = Progress(
-            TextColumn("reading tensors"),
+        amount = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
+        self._bar = Bar(
+            TextColumn(self.label),
             BarColumn(),
-            DownloadColumn(),
+            amount,
             TimeRemainingColumn(),
             console=Console(stderr=True),
             transient=True,
         )
         self._bar.start()
-        task = self._bar.add_task("read", total=self.total)
+        task = self._bar.add_task(self.label, total=self.total)
         return lambda done, total: self._bar.update(task, completed=done)
 
     def __exit__(self, *exc: object) -> None:

@@ -22,6 +22,18 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def _splits(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path:
+            raise click.BadParameter(f"{value!r} is not NAME=PATH", param_hint="--split")
+        if name.strip() in out:
+            raise click.BadParameter(f"split {name.strip()!r} given twice", param_hint="--split")
+        out[name.strip()] = path
+    return out
+
+
 def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
@@ -41,6 +53,15 @@ def cli() -> None:
     metavar="PATH",
     help="Training logs: a file, or a folder searched for known formats (repeatable).",
 )
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="A dataset split, e.g. train=data/train.npz (repeatable).",
+)
+@click.option("--label-column", metavar="COL", help="The label column of table splits.")
+@click.option("--group-column", metavar="COL", help="The group column (patient, subject...).")
 @click.option("--train-metric", metavar="NAME", help="The series to use as the training loss.")
 @click.option(
     "--val-metric", metavar="NAME", help="The series to use as the validation loss or metric."
@@ -67,6 +88,9 @@ def check(
     checkpoint: str | None,
     init_path: str | None,
     logs: tuple[str, ...],
+    splits: tuple[str, ...],
+    label_column: str | None,
+    group_column: str | None,
     train_metric: str | None,
     val_metric: str | None,
     select: tuple[str, ...],
@@ -89,6 +113,9 @@ def check(
             checkpoint=checkpoint or config.get("checkpoint"),
             init=init_path or config.get("init"),
             logs=list(logs) or config.get("logs", []),
+            splits=_splits(splits) or config.get("splits", {}),
+            label_column=label_column or config.get("label-column"),
+            group_column=group_column or config.get("group-column"),
             train_metric=train_metric or config.get("train-metric"),
             val_metric=val_metric or config.get("val-metric"),
             select=_split(select) or config.get("select", []),

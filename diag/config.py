@@ -10,8 +10,8 @@ from typing import Any
 from diag.errors import UsageError
 
 KEYS = (
-    "checkpoint", "init", "logs", "train-metric", "val-metric", "select", "ignore", "fail-on",
-    "format", "output", "html",
+    "checkpoint", "init", "logs", "train-metric", "val-metric", "splits", "label-column",
+    "group-column", "select", "ignore", "fail-on", "format", "output", "html",
 )  # fmt: skip
 PATH_KEYS = ("checkpoint", "init", "output", "html")
 FAIL_ON = ("info", "warning", "error", "never")
@@ -75,6 +75,10 @@ def _validate(table: Any, path: Path) -> dict[str, Any]:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise UsageError(f"{path}: [tool.diag] logs must be a path or a list of paths")
             value = [str(path.parent / v) for v in value]
+        elif key == "splits":
+            if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+                raise UsageError(f'{path}: [tool.diag] splits must be a table of NAME = "PATH"')
+            value = {str(k): str(path.parent / v) for k, v in value.items()}
         elif not isinstance(value, str):
             raise UsageError(f"{path}: [tool.diag] {key} must be a string")
         if key == "fail-on" and value not in FAIL_ON:

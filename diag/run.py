@@ -9,6 +9,7 @@ from typing import Any
 from diag.loaders.blocks import Buffer, TensorSource
 from diag.loaders.checkpoint import Checkpoint
 from diag.loaders.logs.curves import TrainingLog
+from diag.loaders.splits.model import Split
 from diag.stats import (
     StatsAccumulator,
     TensorStats,
@@ -25,6 +26,8 @@ MISSING_REASONS = {
     "initial": "needs --init, or a checkpoint saved at step 0",
     "logs": "needs --logs (the run's training logs)",
     "logs|checkpoint": "needs --logs, or a checkpoint that records what it monitored",
+    "splits": "needs --split NAME=PATH",
+    "leakage": "needs --split NAME=PATH",
 }
 
 Progress = Callable[[int, int], None]
@@ -36,6 +39,9 @@ class Run:
     init: Checkpoint | None = None
     updates: dict[str, UpdateStats] | None = None
     logs: list[TrainingLog] | None = None
+    splits: dict[str, Split] | None = None
+    quiet: bool = True
+    _leakage: LeakageReport | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -46,6 +52,13 @@ class Run:
         if self.checkpoint is not None and self.checkpoint.is_initial:
             return self.checkpoint
         return None
+
+    @property
+    def leakage(self) -> LeakageReport | None:
+        """Exact and near copies between and within the splits, computed on first use."""
+        if self._leakage is None and self.splits:
+            self._leakage = analyse_splits(self.splits, quiet=self.quiet)
+        return self._leakage
 
     def available(self, name: str) -> bool:
         """Whether an input is there; `a|b` asks for either."""
@@ -97,6 +110,51 @@ class Run:
                 done += info.nbytes
                 if progress:
                     progress(done, total)
+
+
+@dataclass
+class LeakageReport:
+    """What the leakage engine found, for the [data] rules and the report."""
+
+    splits: dict[str, Split]
+    comparisons: dict[tuple[str, str], Any]  # (a, b) -> diag.leakage.SplitLeakage
+    within: dict[str, list[Any]]  # split -> groups (index arrays) of identical samples
+
+
+def analyse_splits(splits: dict[str, Split], quiet: bool = True) -> LeakageReport:
+    """Read every split once (hashes and sketches), then compare every pair of the same kind.
+
+    The training split is compared first and always as the first of a pair, so findings
+    read "test sample j copies train sample i".
+    """
+    from diag.leakage import compare_splits, digest_split, exact_groups
+    from diag.rules.data import split_pairs
+
+    total = sum(len(s) for s in splits.values())
+    with sample_progress(quiet, total) as advance:
+        digests, done = {}, 0
+        for name, split in splits.items():
+            base = done
+
+            def step(count: int, _: int, base: int = base) -> None:
+                if advance is not None:
+                    advance(base + count, total)
+
+            digests[name] = digest_split(split, progress=step)
+            done += len(split)
+        comparisons = {
+            (a, b): compare_splits(digests[a], digests[b])
+            for a, b in split_pairs(splits)
+            if digests[a].kind == digests[b].kind
+        }
+    within = {name: exact_groups(d) for name, d in digests.items()}
+    return LeakageReport(splits, comparisons, within)
+
+
+def sample_progress(quiet: bool, total: int) -> Any:
+    from diag.check import Progress
+
+    return Progress(quiet or total < 50_000, total, "hashing samples", unit="samples")
 
 
 def _stats(source: TensorSource, buffer: Buffer) -> TensorStats:

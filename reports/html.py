@@ -161,7 +161,16 @@ def _context(result: Result, run: Run | None) -> dict[str, Any]:
         "layers": _layer_table(result.findings, anchors, run),
         "kernels": _kernel_figure(run),
         "curves": _curve_figures(result, run),
+        "leaks": _leak_views(result, run, anchors),
     }
+
+
+def _leak_views(result: Result, run: Run | None, anchors: dict[int, str]) -> list[Any]:
+    if run is None or not getattr(run, "splits", None):
+        return []
+    from diag.reports.leaks import leak_views
+
+    return leak_views(result.findings, run.splits, anchors)
 
 
 def _curve_figures(result: Result, run: Run | None) -> list[Any]:

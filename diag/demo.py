@@ -33,6 +33,7 @@ class Faults:
     log_test: bool = False  # evaluate the test split every epoch (selection on the test set)
     val_from_train: bool = False  # the validation split is copies of training samples (leakage)
     input_noise: float = 0.0  # Gaussian noise added to training inputs (augmentation)
+    leak_val: int = 0  # replace this many validation digits by copies of training digits
 
 
 HEALTHY = Faults()
@@ -94,6 +95,22 @@ def build_model(faults: Faults = HEALTHY, seed: int = 0) -> Any:
     return model
 
 
+def _leak(x: Any, y: Any, xv: Any, yv: Any, count: int) -> tuple[Any, Any]:
+    """The first `count` validation digits become copies of training digits: half exact,
+    half shifted one pixel to the right (what a careless augmentation-then-split makes)."""
+    import torch
+
+    xv, yv = xv.clone(), yv.clone()
+    for k in range(count):
+        src = 7 * k + 3
+        copy = x[src].clone()
+        if k % 2:
+            copy = torch.roll(copy, 1, dims=-1)
+            copy[..., 0] = 0.0
+        xv[k], yv[k] = copy, y[src]
+    return xv, yv
+
+
 @dataclass
 class History:
     """What a training loop logs: per-step training loss, per-epoch evaluations."""
@@ -112,6 +129,7 @@ class Trained:
     val_accuracy: float
     seconds: float
     history: History = field(default_factory=History)
+    data: tuple[Any, ...] = ()  # (x_train, y_train, x_val, y_val) as trained and validated
 
 
 def train(faults: Faults = HEALTHY, seed: int = 0, epochs: int = 30) -> Trained:
@@ -139,6 +157,8 @@ def train(faults: Faults = HEALTHY, seed: int = 0, epochs: int = 30) -> Trained:
         x, y = x[: faults.train_subset], y[: faults.train_subset]
     if faults.val_from_train:
         xv, yv = x[: len(yv)].clone(), y[: len(yv)].clone()
+    if faults.leak_val:
+        xv, yv = _leak(x, y, xv, yv, faults.leak_val)
     model = build_model(faults, seed)
     init_state = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.SGD(
@@ -189,7 +209,8 @@ def train(faults: Faults = HEALTHY, seed: int = 0, epochs: int = 30) -> Trained:
     if best_state is not None:
         model.load_state_dict(best_state)
     seconds = time.perf_counter() - start
-    return Trained(model, optimizer, init_state, steps, done, best, seconds, history)
+    data = (x, y, xv, yv)
+    return Trained(model, optimizer, init_state, steps, done, best, seconds, history, data)
 
 
 def write_lightning_csv(history: History, folder: Path, log_every: int = 5) -> Path:
@@ -277,6 +298,19 @@ def save_run(
     return paths
 
 
+def write_splits(trained: Trained, folder: Path) -> dict[str, Path]:
+    """The digits the run trained and validated on, as train.npz and val.npz (8x8 images)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y, xv, yv = trained.data
+    out = {}
+    for name, (images, labels) in {"train": (x, y), "val": (xv, yv)}.items():
+        out[name] = folder / f"{name}.npz"
+        np.savez(out[name], x=images.squeeze(1).numpy(), y=labels.numpy())
+    return out
+
+
 def export_onnx(model: Any, path: Path) -> None:
     import warnings
 
@@ -292,12 +326,15 @@ def export_onnx(model: Any, path: Path) -> None:
 
 DEMO_RUNS = (
     ("healthy", HEALTHY, 30),
-    ("broken", PLANTED, 30),
+    ("broken", Faults(detach_conv1=True, constant_fc1=True, leak_val=12), 30),
     # 64 training samples, no weight decay, 150 epochs: memorises, then validation loss climbs
     ("overfit", Faults(train_subset=64, weight_decay=0.0), 150),
 )
 PLANTED_NOTES = {
-    "broken": "conv1 cut from the graph (.detach()), fc1 constant-initialised",
+    "broken": (
+        "conv1 cut from the graph (.detach()), fc1 constant-initialised, and 12 validation "
+        "digits that are copies of training digits (6 exact, 6 shifted by a pixel)"
+    ),
     "overfit": "trained on 64 samples without weight decay for 150 epochs",
 }
 
@@ -312,6 +349,7 @@ def run_demo(directory: Path, echo: Echo = print) -> int:
         trained = train(faults, epochs=epochs)
         runs[name] = save_run(trained, directory / name)
         runs[name]["logs"] = write_lightning_csv(trained.history, directory / name).parent
+        runs[name].update(write_splits(trained, directory / name / "data"))
         echo(
             f"  {name:8s} {trained.steps} steps in {trained.seconds:.1f}s, "
             f"validation accuracy {trained.val_accuracy:.1%}"
@@ -320,13 +358,20 @@ def run_demo(directory: Path, echo: Echo = print) -> int:
         echo(f"Planted in '{name}': {note}.")
     found_all = True
     for name, paths in runs.items():
+        splits = {"train": str(paths["train"]), "val": str(paths["val"])}
         options = CheckOptions(
-            checkpoint=str(paths["final"]), init=str(paths["init"]), logs=[str(paths["logs"])]
+            checkpoint=str(paths["final"]),
+            init=str(paths["init"]),
+            logs=[str(paths["logs"])],
+            splits=splits,
         )
         result, run = check(options)
         report = directory / f"{name}-report.html"
         write_atomic(report, render("html", result, run))
-        echo(f"\n== diag check {paths['final']} --init {paths['init']} --logs {paths['logs']}")
+        echo(
+            f"\n== diag check {paths['final']} --init {paths['init']} --logs {paths['logs']} "
+            f"--split train={paths['train']} --split val={paths['val']}"
+        )
         echo(render("text", result, run), nl=False)
         echo(f"HTML report: {report}")
         if name in PLANTED_NOTES and result.worst() is None:

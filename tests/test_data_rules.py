@@ -171,3 +171,38 @@ def test_html_shows_near_table_rows_with_the_differing_cells(tmp_path):
     section = page[page.index('<section id="leaks"') :]
     assert section.count('class="pair"') == 3
     assert 'class="num diff"' in section  # rounded cells differ from the originals
+
+
+@pytest.mark.parametrize(
+    ("arrays", "fragment"),
+    [
+        ({"x": np.zeros((4, 3)), "y": np.zeros(5)}, "4"),
+        ({"x": np.array([np.zeros(2), np.zeros(3)], dtype=object)}, "object arrays"),
+    ],
+)
+def test_malformed_splits_exit_2_with_one_line(tmp_path, arrays, fragment):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    good = tmp_path / "good.npz"
+    np.savez(good, x=table(10))
+    proc = subprocess.run(
+        [sys.executable, "-m", "diag", "check", "--split", f"train={good}", "--split", f"val={path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert (
+        len(lines) == 1 and lines[0].startswith(f"diag: error: {path}: ") and fragment in lines[0]
+    )
+
+
+def test_a_split_option_without_a_name_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from diag.cli import cli
+
+    result = CliRunner().invoke(cli, ["check", "--split", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2 and "is not NAME=PATH" in result.output

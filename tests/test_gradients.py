@@ -1,0 +1,320 @@
+"""diag.gradients on a real CNN trained on digits: silent when healthy, naming planted bugs.
+
+One small CNN (conv + BatchNorm + ReLU + max-pool, dropout, three linear layers, one of
+them square) is trained for a few seconds; every variant below loads those weights and
+changes one thing in the forward pass: a custom autograd Function with a wrong
+backward, a graph cut, an unused parameter, or an operation that mixes the batch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diag.gradients import MISMATCH_RTOL, batch_mixing, check_gradients
+from diag.probe import Probe
+
+UPSTREAM = {  # everything before fc1: what a wrong gradient on fc1's input corrupts
+    f"{layer}.{kind}" for layer in ("conv1", "bn1", "conv2", "bn2") for kind in ("weight", "bias")
+}
+
+
+class PlantedLinear(torch.autograd.Function):
+    """y = x W^T + b whose backward is wrong in the way `bug` says."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bug):
+        ctx.save_for_backward(x, weight)
+        ctx.bug = bug
+        return x @ weight.T + bias
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w, grad_b = grad_out @ weight, grad_out.T @ x, grad_out.sum(0)
+        if ctx.bug == "half":  # a factor 2 lost in the weight's gradient
+            grad_w = 0.5 * grad_w
+        elif ctx.bug == "sign":
+            grad_w = -grad_w
+        elif ctx.bug == "transpose":  # indices swapped: only possible for a square weight
+            grad_w = grad_w.T
+        elif ctx.bug == "partial":  # the input's gradient for only half of its features
+            grad_x = torch.cat([grad_x[:, : x.shape[1] // 2], 0 * grad_x[:, x.shape[1] // 2 :]], 1)
+        elif ctx.bug == "ignore_grad_output":  # returns ones * something, not grad_output
+            grad_b = torch.ones_like(grad_b) * x.shape[0]
+        return grad_x, grad_w, grad_b, None
+
+
+# fault -> (layer whose linear goes through PlantedLinear, what the check must flag)
+BACKWARD_BUGS = {
+    "half": ("fc1", {"fc1.weight"}),
+    "sign": ("out", {"out.weight"}),
+    "transpose": ("fc2", {"fc2.weight"}),
+    "partial": ("fc1", UPSTREAM),
+    "ignore_grad_output": ("fc2", {"fc2.bias"}),
+}
+
+
+class DigitsNet(nn.Module):
+    def __init__(self, fault: str = "healthy") -> None:
+        super().__init__()
+        self.fault = fault
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.drop = nn.Dropout(0.2)
+        self.fc1, self.fc2, self.out = nn.Linear(256, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+        if fault == "unused":
+            self.spare = nn.Linear(64, 64)  # registered, never called
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        layer = getattr(self, name)
+        bug, where = self.fault, BACKWARD_BUGS.get(self.fault, (None,))[0]
+        if where == name:
+            return PlantedLinear.apply(x, layer.weight, layer.bias, bug)
+        if self.fault == "data" and name == "fc1":  # a graph cut through .data
+            return F.linear(x, layer.weight.data, layer.bias)
+        return layer(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # 8x8 digits -> 16x16
+        w1 = self.conv1.weight.detach() if self.fault == "detach" else self.conv1.weight
+        x = F.max_pool2d(torch.relu(self.bn1(F.conv2d(x, w1, self.conv1.bias, padding=1))), 2)
+        x = self.conv2(x)
+        if self.fault == "batch_stats":  # BatchNorm that normalises over the batch, even in eval
+            x = F.batch_norm(x, None, None, self.bn2.weight, self.bn2.bias, training=True)
+        else:
+            x = self.bn2(x)
+        return F.max_pool2d(torch.relu(x), 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        if self.fault == "numpy":  # a round trip through numpy
+            x = torch.from_numpy(x.detach().numpy())
+        elif self.fault == "int_cast":  # quantised through an integer dtype
+            x = (x * 8).to(torch.int32).to(x.dtype) / 8
+        elif self.fault == "round":  # round() has a zero gradient everywhere
+            x = torch.round(x * 8) / 8
+        elif self.fault == "batch_view":  # (B, C, H, W) -> (C, B*H*W) and back without permuting
+            b, c, h, w = x.shape
+            x = x.transpose(0, 1).reshape(c, b * h * w).reshape(b, c, h, w)
+        elif self.fault == "batch_mean":
+            x = x - x.mean(0)
+        x = self.drop(x.flatten(1))
+        x = torch.relu(self.linear("fc1", x))
+        x = torch.relu(self.linear("fc2", x))
+        return self.linear("out", x)
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    return x, torch.tensor(data.target)
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict:
+    """A few seconds of Adam on 1,500 digits; the rest is held out for the probes."""
+    torch.manual_seed(0)
+    x, y = digits()
+    model = DigitsNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(6):
+        for idx in torch.randperm(1500, generator=gen).split(64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(x[1500:]).argmax(1) == y[1500:]).float().mean())
+    return {"state": model.state_dict(), "x": x[1500:], "y": y[1500:], "accuracy": accuracy}
+
+
+def probe_for(trained: dict, fault: str = "healthy", batch: int = 16, offset: int = 0) -> Probe:
+    model = DigitsNet(fault)
+    model.load_state_dict(trained["state"], strict=False)
+    model.train()  # as a user hands it over: the check must switch to eval itself
+    rows = slice(offset, offset + batch)
+    return Probe(
+        model=model,
+        inputs=(trained["x"][rows],),
+        targets=trained["y"][rows],
+        loss_fn=F.cross_entropy,
+        loss_name="cross_entropy (integer targets)",
+        source="tests/test_gradients.py:DigitsNet",
+        batch_path="<memory>",
+    )
+
+
+def verdicts(results: list) -> dict[str, str]:
+    return {r.name: r.verdict for r in results}
+
+
+def flagged(results: list, verdict: str) -> set[str]:
+    return {r.name for r in results if r.verdict == verdict}
+
+
+def test_the_probe_model_trains(trained):
+    assert trained["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_healthy_model_is_ok_everywhere(trained, seed):
+    probe = probe_for(trained, offset=32 * seed)
+    before = {k: v.clone() for k, v in probe.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    results = check_gradients(probe, seed=seed)
+    assert set(verdicts(results).values()) == {"ok"}
+    assert len(results) == 14 and all(len(r.autograd) == 4 for r in results)
+    # margin: the worst healthy error is far below the threshold (measured ~5e-7)
+    assert max(r.relative_error for r in results) < MISMATCH_RTOL / 1000
+    # the user's model, its mode and the global random stream are left alone
+    assert probe.model.training
+    assert all(torch.equal(before[k], v) for k, v in probe.model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("fault", sorted(BACKWARD_BUGS))
+def test_wrong_backward_flags_exactly_the_tensors_it_corrupts(trained, fault):
+    results = check_gradients(probe_for(trained, fault))
+    expected = BACKWARD_BUGS[fault][1]
+    assert flagged(results, "mismatch") == expected
+    assert {r.verdict for r in results if r.name not in expected} == {"ok"}
+    assert min(r.relative_error for r in results if r.name in expected) > 0.25
+
+
+CUTS = {  # fault -> (tensors cut from the graph, how autograd sees them)
+    "detach": ({"conv1.weight"}, "none"),
+    "data": ({"fc1.weight"}, "none"),
+    "numpy": (UPSTREAM, "none"),
+    "int_cast": (UPSTREAM, "none"),  # piecewise constant: found by the large move
+    "round": (UPSTREAM, "zero"),  # round() has a gradient, and it is zero
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CUTS))
+def test_graph_cuts_are_disconnected(trained, fault):
+    results = check_gradients(probe_for(trained, fault))
+    cut, seen_as = CUTS[fault]
+    assert flagged(results, "disconnected") == cut
+    assert {r.verdict for r in results if r.name not in cut} == {"ok"}
+    for r in results:
+        if r.name in cut:
+            assert r.depends and (r.grad_none if seen_as == "none" else r.grad_zero)
+
+
+def test_unused_parameter_is_unused_not_disconnected(trained):
+    results = check_gradients(probe_for(trained, "unused"))
+    assert flagged(results, "unused") == {"spare.weight", "spare.bias"}
+    spare = next(r for r in results if r.name == "spare.weight")
+    assert spare.grad_none and not spare.depends and spare.numerical == (0.0,) * 4
+
+
+def test_frozen_tensor_is_listed_and_not_probed(trained):
+    probe = probe_for(trained)
+    probe.model.conv1.bias.requires_grad_(False)
+    results = check_gradients(probe)
+    assert verdicts(results)["conv1.bias"] == "frozen"
+    assert {r.verdict for r in results if r.name != "conv1.bias"} == {"ok"}
+    assert next(r for r in results if r.name == "conv1.bias").forward_passes == 0
+
+
+class Hinge(nn.Module):
+    """relu(w x + b) with the ReLU 3e-6 from its kink: inside STEP x |b| = 5e-6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.5]))
+        self.b = nn.Parameter(torch.tensor([-0.5 + 3e-6]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x * self.w + self.b)
+
+
+def hinge_probe() -> Probe:
+    def loss(out, target):
+        return (out - target).pow(2).sum()
+
+    return Probe(Hinge(), (torch.ones(1, 1),), -torch.ones(1, 1), loss, "l2", "hinge", "-")
+
+
+def test_kink_crossed_by_the_coarse_step_is_stepped_around():
+    results = check_gradients(hinge_probe())
+    assert verdicts(results) == {"w": "ok", "b": "ok"}
+    # every probe needed the h/4 step (the coarse central difference is 20% off, 1.6
+    # instead of 2) and the finer one then agreed, without redraws
+    assert all(r.forward_passes == 4 * len(r.autograd) for r in results)
+    assert all(r.kinks == 0 for r in results)
+    assert max(r.relative_error for r in results) < 1e-6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relu_sitting_on_its_kink_is_not_a_mismatch(seed):
+    """A fresh bias-free conv + BatchNorm maps the digits' blank background to exactly 0,
+    so the ReLU is on its kink and moving the BN bias switches units on in one direction
+    only. Autograd picks one one-sided slope; the central difference gives their mean."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
+    x, y = digits()
+    rows = slice(16 * seed, 16 * seed + 16)
+    probe = Probe(model, (x[rows],), y[rows], F.cross_entropy, "ce", "fresh", "-")
+    results = check_gradients(probe, seed=seed)
+    assert set(verdicts(results).values()) == {"ok"}
+    assert next(r for r in results if r.name == "1.bias").kinks > 0
+
+
+def test_probe_without_a_finite_scalar_loss_is_refused(trained):
+    probe = probe_for(trained)
+    probe.loss_fn = None
+    with pytest.raises(ValueError, match="targets and a loss"):
+        check_gradients(probe)
+    probe = probe_for(trained)
+    probe.loss_fn = lambda out, y: out.sum() * float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        check_gradients(probe)
+
+
+def test_check_scales_with_tensors_not_elements(trained):
+    """Forward passes per tensor are 2 per probe (4 with the finer step), however big."""
+    start = time.perf_counter()
+    results = check_gradients(probe_for(trained, batch=64), directions=1, spot_checks=1)
+    assert all(r.forward_passes in (4, 6, 8) for r in results)
+    assert time.perf_counter() - start < 10
+
+
+def test_healthy_batchnorm_model_does_not_mix_the_batch(trained):
+    report = batch_mixing(probe_for(trained), samples=3)
+    assert report.checked and not report.mixed
+    assert len(report.samples) == 3 and report.worst_ratio == 0.0
+
+
+@pytest.mark.parametrize("fault", ["batch_stats", "batch_view", "batch_mean"])
+def test_batch_mixing_is_caught(trained, fault):
+    report = batch_mixing(probe_for(trained, fault))
+    assert report.checked and report.mixed
+    assert report.worst_ratio > 1e-2  # 4 orders of magnitude above the threshold
+    assert {leak.output_sample for leak in report.leaks} == set(report.samples)
+    assert all(leak.input_sample != leak.output_sample for leak in report.leaks)
+
+
+def test_batch_mixing_says_why_it_cannot_check(trained):
+    probe = probe_for(trained, batch=1)
+    assert batch_mixing(probe).reason == "a batch of one sample cannot mix"
+    probe = probe_for(trained)
+    probe.model = nn.Sequential(probe.model, nn.Flatten(0))  # (B, 10) -> (10 B,)
+    report = batch_mixing(probe)
+    assert not report.checked and "no batch dimension" in report.reason

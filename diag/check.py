@@ -27,6 +27,9 @@ class CheckOptions:
     splits: dict[str, str] = field(default_factory=dict)
     label_column: str | None = None
     group_column: str | None = None
+    model: str | None = None
+    batch: str | None = None
+    loss: str | None = None
     select: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     fmt: str = "text"
@@ -50,10 +53,13 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     from diag.registry import load_rules, select_rules
     from diag.run import Run
 
-    if not options.checkpoint and not options.logs and not options.splits:
+    if not (options.checkpoint or options.logs or options.splits or options.model):
         raise UsageError(
-            "nothing to check: give a CHECKPOINT, --logs or --split, or set them in [tool.diag]"
+            "nothing to check: give a CHECKPOINT, --logs, --split or --model, "
+            "or set them in [tool.diag]"
         )
+    if bool(options.model) != bool(options.batch):
+        raise UsageError("--model and --batch go together: the model needs a batch to run on")
     if options.init and not options.checkpoint:
         raise UsageError("--init needs a CHECKPOINT to compare with")
     try:
@@ -70,6 +76,16 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     if options.splits:
         run.splits = load_splits(options.splits, options.label_column, options.group_column)
     run.quiet = options.quiet
+    if options.model and options.batch:
+        from diag.loaders.probe_inputs import open_probe
+
+        run.probe = open_probe(
+            options.model,
+            options.batch,
+            loss_spec=options.loss,
+            checkpoint=run.checkpoint,
+            init=run.init,
+        )
     total = run.total_bytes()
     with Progress(options.quiet or total < 64 * 1024 * 1024, total, "reading tensors") as advance:
         run.prepare(advance)

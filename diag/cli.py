@@ -62,6 +62,18 @@ def cli() -> None:
 )
 @click.option("--label-column", metavar="COL", help="The label column of table splits.")
 @click.option("--group-column", metavar="COL", help="The group column (patient, subject...).")
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="FILE.py:FUNC|MODULE:FUNC",
+    help="A factory returning the nn.Module (runs your code; loads the checkpoint into it).",
+)
+@click.option(
+    "--batch", "batch_path", metavar="PATH", help="A torch file of tensors: inputs, targets."
+)
+@click.option(
+    "--loss", "loss_spec", metavar="NAME|MODULE:FUNC", help="cross_entropy, mse, bce or a function."
+)
 @click.option("--train-metric", metavar="NAME", help="The series to use as the training loss.")
 @click.option(
     "--val-metric", metavar="NAME", help="The series to use as the validation loss or metric."
@@ -91,6 +103,9 @@ def check(
     splits: tuple[str, ...],
     label_column: str | None,
     group_column: str | None,
+    model_spec: str | None,
+    batch_path: str | None,
+    loss_spec: str | None,
     train_metric: str | None,
     val_metric: str | None,
     select: tuple[str, ...],
@@ -116,6 +131,9 @@ def check(
             splits=_splits(splits) or config.get("splits", {}),
             label_column=label_column or config.get("label-column"),
             group_column=group_column or config.get("group-column"),
+            model=model_spec or config.get("model"),
+            batch=batch_path or config.get("batch"),
+            loss=loss_spec or config.get("loss"),
             train_metric=train_metric or config.get("train-metric"),
             val_metric=val_metric or config.get("val-metric"),
             select=_split(select) or config.get("select", []),

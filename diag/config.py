@@ -11,9 +11,10 @@ from diag.errors import UsageError
 
 KEYS = (
     "checkpoint", "init", "logs", "train-metric", "val-metric", "splits", "label-column",
-    "group-column", "select", "ignore", "fail-on", "format", "output", "html",
+    "group-column", "model", "batch", "loss", "select", "ignore", "fail-on", "format", "output",
+    "html",
 )  # fmt: skip
-PATH_KEYS = ("checkpoint", "init", "output", "html")
+PATH_KEYS = ("checkpoint", "init", "output", "html", "batch")
 FAIL_ON = ("info", "warning", "error", "never")
 
 

@@ -20,7 +20,12 @@ from diag.model import Finding, Severity
 
 ENTRY_POINT_GROUP = "diag.rules"
 # Used only when the distribution metadata is missing (running from an uninstalled tree).
-BUILTIN_RULE_MODULES = ("diag.rules.params", "diag.rules.curves", "diag.rules.data")
+BUILTIN_RULE_MODULES = (
+    "diag.rules.params",
+    "diag.rules.curves",
+    "diag.rules.data",
+    "diag.rules.grads",
+)
 DOC_SECTIONS = ("What it does", "Why is this bad?", "How to fix")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 

@@ -10,6 +10,7 @@ from diag.loaders.blocks import Buffer, TensorSource
 from diag.loaders.checkpoint import Checkpoint
 from diag.loaders.logs.curves import TrainingLog
 from diag.loaders.splits.model import Split
+from diag.probe import Probe
 from diag.stats import (
     StatsAccumulator,
     TensorStats,
@@ -28,6 +29,11 @@ MISSING_REASONS = {
     "logs|checkpoint": "needs --logs, or a checkpoint that records what it monitored",
     "splits": "needs --split NAME=PATH",
     "leakage": "needs --split NAME=PATH",
+    "probe": "needs --model and --batch",
+    "probe_init": "needs --model, --batch and --init",
+    "activations": "needs --model and --batch",
+    "gradients": "needs --model and --batch (with targets)",
+    "checkpoint|activations": "needs a checkpoint, or --model and --batch",
 }
 
 Progress = Callable[[int, int], None]
@@ -41,6 +47,9 @@ class Run:
     logs: list[TrainingLog] | None = None
     splits: dict[str, Split] | None = None
     quiet: bool = True
+    probe: Probe | None = None
+    _activations: Any = field(default=None, repr=False)
+    _gradients: Any = field(default=None, repr=False)
     _leakage: LeakageReport | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
 
@@ -59,6 +68,29 @@ class Run:
         if self._leakage is None and self.splits:
             self._leakage = analyse_splits(self.splits, quiet=self.quiet)
         return self._leakage
+
+    @property
+    def activations(self) -> Any:
+        """Which units fire and which saturate on the batch (one forward pass, on demand)."""
+        if self._activations is None and self.probe is not None:
+            from diag.activations import record_activations
+
+            self._activations = record_activations(self.probe)
+        return self._activations
+
+    @property
+    def gradients(self) -> Any:
+        """Autograd against finite differences for every parameter (on demand)."""
+        if self._gradients is None and self.probe is not None and self.probe.loss_fn is not None:
+            from diag.gradients import check_gradients
+
+            self._gradients = check_gradients(self.probe)
+        return self._gradients
+
+    @property
+    def probe_init(self) -> Probe | None:
+        """The probe, when it also has the initial weights (for init-loss)."""
+        return self.probe if self.probe is not None and self.probe.initial is not None else None
 
     def available(self, name: str) -> bool:
         """Whether an input is there; `a|b` asks for either."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator
+from typing import Any
 
 from diag.loaders.checkpoint import Checkpoint
 from diag.model import Finding, Location, Severity
@@ -159,27 +160,46 @@ def symmetric_units(checkpoint: Checkpoint) -> Iterator[Finding]:
         )
 
 
-@rule(name="dead-units", group=GROUP, severity=Severity.WARNING, needs=("checkpoint",))
-def dead_units(checkpoint: Checkpoint) -> Iterator[Finding]:
-    """Units whose incoming weights are all zero.
+@rule(
+    name="dead-units",
+    group=GROUP,
+    severity=Severity.WARNING,
+    needs=("checkpoint|activations",),
+    uses=("probe",),
+)
+def dead_units(
+    checkpoint: Checkpoint | None,
+    activations: Any,
+    probe: Any = None,
+    *,
+    min_dead_fraction: float = 0.5,
+) -> Iterator[Finding]:
+    """Units whose incoming weights are all zero, or that never fire on real inputs.
 
     ## What it does
     Finds output units (rows of a Linear weight, filters of a conv) whose weight vector is
     zero, relative to the largest unit of the same layer. A layer whose every unit is dead
-    is an error; a few dead units are a warning. (With `--model` and `--batch`, units that
-    never activate on real inputs are added to this rule.)
+    is an error; a few dead units are a warning. With `--model` and `--batch`, it also
+    runs the batch through the model and reports Linear/Conv layers feeding a ReLU whose
+    pre-activation is never positive on the batch for at least `min_dead_fraction` of
+    their units (every unit: an error), whether the ReLU is a module or a functional call.
+    (A healthy CNN trained on digits leaves up to a third of a hidden layer's units silent
+    on a 32-sample batch: class-specific units that the batch's classes do not excite.)
 
     ## Why is this bad?
     A unit with zero incoming weights outputs a constant: it carries no information about
-    the input, and after a ReLU it usually gets no gradient to recover. Many such units
-    mean wasted capacity; they often come from dying ReLUs under strong weight decay, or
-    from masking and pruning applied by mistake.
+    the input, and after a ReLU it usually gets no gradient to recover. A ReLU unit that
+    is negative on every input is dead the same way: it outputs zero and gets no
+    gradient, so it never comes back. Many such units mean wasted capacity; they come
+    from dying ReLUs (a learning rate or weight decay too high, a large negative bias),
+    or from masking and pruning applied by mistake.
 
     ## How to fix
-    Lower the learning rate or weight decay, use a leaky activation, or check masks and
-    pruning code. If the units were pruned on purpose, ignore this rule for that layer.
+    Lower the learning rate or weight decay, initialise biases at zero or slightly
+    positive, use a leaky activation, or check masks and pruning code. If the units were
+    pruned on purpose, ignore this rule for that layer.
     """
-    for s in checkpoint.stats.values():
+    for s in checkpoint.stats.values() if checkpoint is not None else ():
         if not s.is_weight or not s.n_zero_units:
             continue
         severity = Severity.ERROR if s.n_zero_units == s.n_units else Severity.WARNING
@@ -188,6 +208,26 @@ def dead_units(checkpoint: Checkpoint) -> Iterator[Finding]:
             _at(checkpoint, s.name, units=list(s.zero_units[:16])),
             {"n_units": s.n_units, "dead": s.n_zero_units, "fraction": s.n_zero_units / s.n_units},
             severity=severity,
+        )
+    for layer in activations.layers if activations is not None else ():
+        if layer.consumer != "relu" or not layer.n_units:
+            continue
+        fraction = layer.n_dead / layer.n_units
+        if fraction < min_dead_fraction:
+            continue
+        through = f" (after {layer.through})" if getattr(layer, "through", None) else ""
+        yield Finding(
+            f"{layer.n_dead} of {layer.n_units} units never fire on the batch: their "
+            f"pre-activation{through} is never positive over {layer.observations} observations",
+            Location(probe.source, f"{layer.name}.weight", {"units": list(layer.dead[:16])}),
+            {
+                "n_units": layer.n_units,
+                "dead": layer.n_dead,
+                "fraction": fraction,
+                "observations": layer.observations,
+                "source": "activations",
+            },
+            severity=Severity.ERROR if layer.n_dead == layer.n_units else Severity.WARNING,
         )
 
 

@@ -97,11 +97,11 @@ def test_json_contract(ckpts):
     assert finding["rule"] == "constant-parameter" and finding["group"] == "params"
     assert finding["location"] == {"artifact": str(ckpts["bad"]), "object": "fc1.weight"}
     assert finding["evidence"]["value"] == 0.0
-    # (the curves and data rules wait for --logs and --split)
+    # (the curves, data and grads rules wait for --logs, --split and --model)
     skipped = {
         s["rule"]
         for s in doc["skipped"]
-        if not s["reason"].startswith(("needs --logs", "needs --split"))
+        if not s["reason"].startswith(("needs --logs", "needs --split", "needs --model"))
     }
     assert skipped == {"init-scale", "update-ratio"}
     assert doc["inputs"][0]["role"] == "checkpoint" and doc["inputs"][0]["tensors"] == 2

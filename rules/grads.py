@@ -1,0 +1,424 @@
+"""[grads] rules: what running the model on a batch says about backprop and the units.
+
+Every rule works on copies of the probe's model, in eval mode with fixed seeds, so
+BatchNorm uses its running statistics and dropout is off: no false alarm comes from
+randomness. The numerical work lives in `diag.gradients` and `diag.activations`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from diag.model import Finding, Location, Severity
+from diag.probe import Probe
+from diag.registry import rule
+
+
+def _where(probe: Probe, obj: str, **details: Any) -> Location:
+    return Location(probe.source, obj, details)
+
+
+# ------------------------------------------------------------------ init-loss
+
+
+@rule(name="init-loss", group="grads", severity=Severity.WARNING, needs=("probe_init",))
+def init_loss(probe_init: Probe, *, tolerance: float = 0.5) -> Iterator[Finding]:
+    """The loss of the initial model far from what the task implies.
+
+    ## What it does
+    Loads the `--init` weights into a copy of the model and computes the loss on the
+    batch. For cross-entropy over C classes an untrained network should predict about
+    uniformly, giving a loss near ln(C); the rule fires when the initial loss is more
+    than `tolerance` x ln(C) away from it.
+
+    ## Why is this bad?
+    An initial loss far above ln(C) means the network starts confidently wrong: logits
+    too large (weights initialised too big, a missing normalisation, a final layer with
+    a large bias). The first steps are spent undoing that, gradients are large, and
+    training may diverge or saturate units for good. A loss far below ln(C) at step 0
+    is suspicious in another way: the labels may leak into the inputs.
+
+    ## How to fix
+    Use the framework's default (fan-in scaled) initialisation, initialise the last
+    layer small (or to zero) and its bias to the log class frequencies, and normalise
+    the inputs.
+    """
+    import torch
+
+    if probe_init.targets is None or probe_init.targets.is_floating_point():
+        return  # only classification has a known starting loss
+    model = probe_init.copy_model()
+    try:
+        model.load_state_dict(dict(probe_init.initial or {}), strict=True)
+    except RuntimeError:
+        return  # the probe loader already checked; a mismatch here is not this rule's
+    torch.manual_seed(0)
+    with torch.no_grad():
+        logits = probe_init.forward(model)
+        loss = float(torch.nn.functional.cross_entropy(logits.float(), probe_init.targets))
+    classes = int(logits.shape[-1])
+    if classes < 2 or "cross_entropy" not in probe_init.loss_name:
+        return
+    expected = math.log(classes)
+    if math.isfinite(loss) and abs(loss - expected) <= tolerance * expected:
+        return
+    yield Finding(
+        message=(
+            f"the initial model's loss on the batch is {loss:.4g}; with {classes} classes an "
+            f"untrained model should be near ln({classes}) = {expected:.3f}"
+        ),
+        location=_where(probe_init, "loss", batch=probe_init.batch_path),
+        evidence={"initial_loss": loss, "expected": expected, "classes": classes},
+    )
+
+
+# ------------------------------------------------------------------ input-independence
+
+
+@rule(name="input-independence", group="grads", severity=Severity.ERROR, needs=("probe",))
+def input_independence(probe: Probe, *, rtol: float = 1e-4) -> Iterator[Finding]:
+    """A model whose output barely changes when its input is zeroed or shuffled.
+
+    ## What it does
+    Runs the model on the batch, on the batch with every input zeroed, and with the
+    samples of the batch shuffled. It fires when the outputs are (relative to their own
+    size) the same in all three: the model's prediction does not depend on its input.
+
+    ## Why is this bad?
+    A network that ignores its input can still lower its loss by learning the label
+    prior, so training looks like it works. The usual causes: the input is overwritten
+    or detached on the way in, a layer multiplies it by zero, a wrong variable is fed
+    forward, or every unit of an early layer is dead.
+
+    ## How to fix
+    Follow the input through `forward`: print the activations' spread layer by layer for
+    two different samples, look for a constant tensor used in place of the input, and
+    check the first layers for dead units (`dead-units`).
+    """
+    import torch
+
+    model = probe.copy_model(torch.float64)
+    inputs = probe.cast_inputs(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(probe.batch_size, generator=gen)
+
+    def mapped(fn: Any) -> Any:
+        if isinstance(inputs, dict):
+            return {k: fn(v) for k, v in inputs.items()}
+        return tuple(fn(v) for v in inputs)
+
+    with torch.no_grad():
+        out = probe.forward(model, inputs)
+        zeroed = probe.forward(model, mapped(torch.zeros_like))
+        shuffled = probe.forward(model, mapped(lambda v: v[perm]))[torch.argsort(perm)]
+    scale = float(out.abs().max()) or 1.0
+    spread = float((out - out.mean(0, keepdim=True)).abs().max()) / scale
+    to_zero = float((out - zeroed).abs().max()) / scale
+    to_shuffled = float((out - shuffled).abs().max()) / scale
+    if max(spread, to_zero) > rtol:
+        return
+    yield Finding(
+        message=(
+            "the model's output does not depend on its input: the same for every sample of "
+            f"the batch (spread {spread:.1e} of its size), for zeroed inputs ({to_zero:.1e}) "
+            f"and for shuffled ones ({to_shuffled:.1e})"
+        ),
+        location=_where(probe, "inputs", batch=probe.batch_path),
+        evidence={
+            "spread": spread,
+            "change_when_zeroed": to_zero,
+            "change_when_shuffled": to_shuffled,
+        },
+    )
+
+
+# ------------------------------------------------------------------ overfit-one-batch
+
+
+@rule(name="overfit-one-batch", group="grads", severity=Severity.WARNING, needs=("probe",))
+def overfit_one_batch(
+    probe: Probe,
+    *,
+    steps: int = 300,
+    lr: float = 3e-3,
+    target: float = 0.05,
+    seconds: float = 60.0,
+) -> Iterator[Finding]:
+    """A model that cannot drive its loss close to zero on a single batch.
+
+    ## What it does
+    Trains a copy of the model with Adam on the batch alone (eval mode, so dropout and
+    BatchNorm's batch statistics do not get in the way) for up to `steps` steps or
+    `seconds`, and fires when the loss never falls below `target` times its starting
+    value. The finding says how far it got.
+
+    ## Why is this bad?
+    Any network big enough to be worth training can memorise one small batch. If it
+    cannot, something between the data and the update is broken: labels that do not
+    match the inputs, a loss applied to the wrong thing (a softmax before
+    `cross_entropy`, which caps how low the loss can go), a graph cut that leaves most
+    parameters without gradient, or an optimisation set-up that cannot move.
+
+    ## How to fix
+    Check the loss against its inputs (logits, not probabilities, for `cross_entropy`),
+    the labels against the samples, and the other [grads] findings (disconnected
+    parameters, wrong gradients). Karpathy's recipe: overfit one batch before anything
+    else.
+    """
+    import torch
+
+    if probe.targets is None or probe.loss_fn is None:
+        return
+    torch.manual_seed(0)
+    model = probe.copy_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    optimizer = torch.optim.Adam(params, lr=lr)
+    with torch.no_grad():
+        start = float(probe.loss(model))
+    best, done, began = start, 0, time.perf_counter()
+    while done < steps:
+        done += 1
+        optimizer.zero_grad()
+        loss = probe.loss(model)
+        if not torch.isfinite(loss):
+            break
+        loss.backward()
+        optimizer.step()
+        best = min(best, float(loss.detach()))
+        if best <= target * start or time.perf_counter() - began > seconds:
+            break
+    with torch.no_grad():
+        final = float(probe.loss(model))
+    best = min(best, final) if math.isfinite(final) else best
+    if math.isfinite(best) and best <= target * start:
+        return
+    yield Finding(
+        message=(
+            f"trained on this batch alone for {done} steps, the loss only went from "
+            f"{start:.4g} to {best:.4g} ({best / start:.0%} of the start; a working set-up "
+            f"gets below {target:.0%})"
+        ),
+        location=_where(probe, "loss", batch=probe.batch_path, loss=probe.loss_name),
+        evidence={
+            "start": start,
+            "best": best,
+            "steps": done,
+            "ratio": best / start if start else math.inf,
+        },
+    )
+
+
+# ------------------------------------------------------------------ saturated-activations
+
+
+@rule(
+    name="saturated-activations",
+    group="grads",
+    severity=Severity.WARNING,
+    needs=("activations",),
+    uses=("probe",),
+)
+def saturated_activations(
+    activations: Any, probe: Probe | None = None, *, max_fraction: float = 0.5
+) -> Iterator[Finding]:
+    """tanh or sigmoid units saturated on the batch.
+
+    ## What it does
+    Runs the batch through the model and, for every tanh and sigmoid (module or
+    functional call), measures the fraction of outputs in the flat tails (|tanh| > 0.99,
+    sigmoid below 0.01 or above 0.99). It fires when more than `max_fraction` of them are.
+
+    ## Why is this bad?
+    A saturated tanh or sigmoid has a derivative near zero: gradients through it vanish,
+    the layers before it stop learning, and the unit's output carries one bit instead of
+    a value. It usually means inputs or weights far too large (missing normalisation, an
+    initialisation for ReLU networks used with tanh), or a learning rate that pushed the
+    pre-activations out.
+
+    ## How to fix
+    Normalise the inputs, use Xavier/Glorot initialisation for tanh and sigmoid layers,
+    add normalisation before the activation, lower the learning rate, or switch to an
+    activation that does not saturate.
+    """
+    source = probe.source if probe is not None else "model"
+    for site in activations.saturations:
+        fraction = site.fraction
+        if fraction <= max_fraction:
+            continue
+        yield Finding(
+            message=(
+                f"{fraction:.0%} of the {site.function} outputs at {site.name} are saturated on "
+                f"the batch ({site.saturated} of {site.observations})"
+            ),
+            location=Location(source, site.name, {"function": site.function}),
+            evidence={
+                "fraction": fraction,
+                "saturated": site.saturated,
+                "observations": site.observations,
+                "function": site.function,
+            },
+        )
+
+
+# ------------------------------------------------------------------ gradient checks
+
+
+@rule(
+    name="gradient-mismatch",
+    group="grads",
+    severity=Severity.ERROR,
+    needs=("gradients",),
+    uses=("probe",),
+)
+def gradient_mismatch(
+    gradients: list[Any], probe: Probe | None = None, *, rtol: float = 1e-2
+) -> Iterator[Finding]:
+    """Autograd gradients that disagree with numerical differentiation.
+
+    ## What it does
+    On a float64 copy of the model in eval mode, compares the gradient autograd computes
+    for every parameter tensor with central finite differences of the loss: along a few
+    random directions per tensor and at single coordinates (the largest-gradient one and
+    a random one). ReLU and max-pool kinks are handled by checking two step sizes and
+    redrawing a probe whose step crosses a kink, so healthy models agree to about 1e-5.
+    A tensor whose worst relative error exceeds `rtol` is reported.
+
+    ## Why is this bad?
+    A wrong backward (a custom `autograd.Function` missing a factor, with a wrong sign or
+    a transposed gradient, or one that ignores `grad_output`) does not crash: the model
+    trains on a wrong gradient and ends up worse, or silently does not learn a layer.
+
+    ## How to fix
+    Check the custom `backward` of the layers named against the math of their forward,
+    with `torch.autograd.gradcheck` on that layer alone in float64; prefer composing
+    differentiable torch operations over hand-written backwards.
+    """
+    source = probe.source if probe is not None else "model"
+    for g in gradients:
+        if g.verdict != "mismatch":
+            continue
+        yield Finding(
+            message=(
+                f"autograd's gradient of {g.name} disagrees with numerical differentiation: "
+                f"relative error {g.relative_error:.2g} (autograd {g.autograd[0]:.4g}, "
+                f"numerical {g.numerical[0]:.4g} along the first probe); a wrong backward"
+            ),
+            location=Location(source, g.name, {}),
+            evidence={
+                "relative_error": g.relative_error,
+                "autograd": list(g.autograd),
+                "numerical": list(g.numerical),
+                "shape": list(g.shape),
+            },
+        )
+
+
+@rule(
+    name="gradient-disconnected",
+    group="grads",
+    severity=Severity.ERROR,
+    needs=("gradients",),
+    uses=("probe", "checkpoint"),
+)
+def gradient_disconnected(
+    gradients: list[Any], probe: Probe | None = None, checkpoint: Any = None
+) -> Iterator[Finding]:
+    """Parameters the loss depends on that get no gradient, or are frozen but were trained.
+
+    ## What it does
+    Reports parameters whose autograd gradient is None or zero while the loss changes
+    numerically when they move: the graph is cut between them and the loss (a
+    `.detach()`, `.data`, a round trip through numpy, an integer cast or `round`). It
+    also reports parameters with `requires_grad=False` that the checkpoint's optimizer
+    state says were being trained.
+
+    ## Why is this bad?
+    A cut graph does not crash: the parameters upstream of the cut keep their initial
+    values (or drift under weight decay) while the rest of the network compensates.
+    The model trains, just worse, and nothing says why.
+
+    ## How to fix
+    Follow the named parameters forward to the first operation that leaves autograd:
+    `.detach()`, `.data`, `.numpy()`, `.item()`, integer casts, in-place writes to
+    `.data`. Keep the computation in torch operations; for a frozen parameter, decide
+    whether it should train and set `requires_grad` to match the optimizer.
+    """
+    source = probe.source if probe is not None else "model"
+    trained = _optimizer_trained(checkpoint)
+    for g in gradients:
+        if g.verdict == "disconnected":
+            why = "None" if g.grad_none else "zero"
+            yield Finding(
+                message=(
+                    f"{g.name} gets a {why} gradient, yet the loss changes when it moves: "
+                    "the graph is cut between it and the loss"
+                ),
+                location=Location(source, g.name, {}),
+                evidence={"grad_none": g.grad_none, "grad_zero": g.grad_zero, "depends": True},
+            )
+        elif g.verdict == "frozen" and any(
+            n == g.name or n.endswith("." + g.name) for n in trained
+        ):
+            yield Finding(
+                message=(
+                    f"{g.name} has requires_grad=False, but the checkpoint's optimizer state "
+                    "shows it being trained"
+                ),
+                location=Location(source, g.name, {}),
+                evidence={"frozen": True, "optimizer_state": True},
+            )
+
+
+def _same_param(checkpoint_name: str, model_name: str) -> bool:
+    # Lightning and DDP prefix the model's names ("model.", "module.")
+    return checkpoint_name == model_name or checkpoint_name.endswith("." + model_name)
+
+
+def _optimizer_trained(checkpoint: Any) -> set[str]:
+    optimizer = getattr(checkpoint, "optimizer", None)
+    if optimizer is None or not optimizer.mapped:
+        return set()
+    return {name for name, state in optimizer.params.items() if state.has_state}
+
+
+@rule(name="batch-mixing", group="grads", severity=Severity.ERROR, needs=("probe",))
+def batch_mixing(probe: Probe) -> Iterator[Finding]:
+    """The output for one sample depends on the inputs of other samples.
+
+    ## What it does
+    In eval mode, backpropagates (a random projection of) one sample's output to the
+    whole input batch, for a couple of samples. Every gradient on another sample's input
+    must be zero: in eval mode nothing should carry information across the batch.
+
+    ## Why is this bad?
+    A `view`/`reshape` or `permute` that moves the batch dimension, a normalisation over
+    the batch computed even in eval mode, or `x - x.mean(0)` lets samples see each
+    other. Training then learns from mixed samples, and predictions depend on what else
+    is in the batch: a model evaluated one sample at a time behaves differently.
+
+    ## How to fix
+    Check every reshape after the first layer keeps dimension 0 as the batch
+    (`x.flatten(1)`, not `x.view(-1, ...)` across it), and that batch statistics are only
+    used in training mode.
+    """
+    from diag.gradients import batch_mixing as measure
+
+    result = measure(probe)
+    if not result.checked or not result.mixed:
+        return
+    pairs = [[leak.output_sample, leak.input_sample, leak.ratio] for leak in result.leaks[:20]]
+    worst = max(result.leaks, key=lambda leak: leak.ratio)
+    yield Finding(
+        message=(
+            f"the output of sample {worst.output_sample} depends on the input of sample "
+            f"{worst.input_sample} (gradient {worst.ratio:.2g} of its own); "
+            f"{len(result.leaks)} such pair(s) in the batch"
+        ),
+        location=_where(probe, "batch dimension", batch=probe.batch_path),
+        evidence={"worst_ratio": result.worst_ratio, "pairs": pairs, "threshold": result.threshold},
+    )

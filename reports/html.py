@@ -162,7 +162,16 @@ def _context(result: Result, run: Run | None) -> dict[str, Any]:
         "kernels": _kernel_figure(run),
         "curves": _curve_figures(result, run),
         "leaks": _leak_views(result, run, anchors),
+        "probe": _probe_view(run),
     }
+
+
+def _probe_view(run: Run | None) -> Any:
+    if run is None or getattr(run, "probe", None) is None:
+        return None
+    from diag.reports.probe_view import probe_view
+
+    return probe_view(run)
 
 
 def _leak_views(result: Result, run: Run | None, anchors: dict[int, str]) -> list[Any]:

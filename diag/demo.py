@@ -34,6 +34,7 @@ class Faults:
     val_from_train: bool = False  # the validation split is copies of training samples (leakage)
     input_noise: float = 0.0  # Gaussian noise added to training inputs (augmentation)
     leak_val: int = 0  # replace this many validation digits by copies of training digits
+    broken_backward: bool = False  # fc2 runs through a custom Function whose backward halves dW
 
 
 HEALTHY = Faults()
@@ -58,6 +59,31 @@ def digits(seed: int = 0) -> tuple[Any, Any, Any, Any]:
     return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
+_HALF_GRAD: Any = None
+
+
+def _half_grad_linear() -> Any:
+    """`F.linear` as a custom autograd Function whose backward forgets a factor 2 on the
+    weight gradient: training still works (a smaller step), so nothing looks wrong."""
+    global _HALF_GRAD
+    if _HALF_GRAD is None:
+        import torch
+
+        class HalfGradLinear(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, x: Any, weight: Any, bias: Any) -> Any:
+                ctx.save_for_backward(x, weight)
+                return x @ weight.t() + bias
+
+            @staticmethod
+            def backward(ctx: Any, grad: Any) -> Any:
+                x, weight = ctx.saved_tensors
+                return grad @ weight, 0.5 * grad.t() @ x, grad.sum(0)
+
+        _HALF_GRAD = HalfGradLinear.apply
+    return _HALF_GRAD
+
+
 def build_model(faults: Faults = HEALTHY, seed: int = 0) -> Any:
     import torch
     from torch import nn
@@ -78,7 +104,10 @@ def build_model(faults: Faults = HEALTHY, seed: int = 0) -> Any:
             x = torch.relu(self.bn2(self.conv2(x)))
             x = nn.functional.max_pool2d(x, 2).flatten(1)
             x = torch.relu(self.fc1(x))
-            x = torch.relu(self.fc2(x))
+            if faults.broken_backward:
+                x = torch.relu(_half_grad_linear()(x, self.fc2.weight, self.fc2.bias))
+            else:
+                x = torch.relu(self.fc2(x))
             return self.out(x)
 
     torch.manual_seed(seed)
@@ -311,6 +340,25 @@ def write_splits(trained: Trained, folder: Path) -> dict[str, Path]:
     return out
 
 
+def write_probe(faults: Faults, trained: Trained, folder: Path) -> dict[str, Path]:
+    """model.py (a `build()` factory for this run's architecture) and batch.pt (32
+    validation digits and their labels), for `--model` and `--batch`."""
+    import torch
+
+    model = folder / "model.py"
+    model.write_text(
+        '"""The demo CNN of this run, for `diag check --model model.py:build`."""\n\n'
+        "from diag.demo import Faults, build_model\n\n\n"
+        "def build():\n"
+        f"    return build_model({faults!r})\n",
+        encoding="utf-8",
+    )
+    batch = folder / "batch.pt"
+    _, _, xv, yv = trained.data
+    torch.save({"inputs": xv[32:64].clone(), "targets": yv[32:64].clone()}, batch)
+    return {"model": model, "batch": batch}
+
+
 def export_onnx(model: Any, path: Path) -> None:
     import warnings
 
@@ -326,14 +374,19 @@ def export_onnx(model: Any, path: Path) -> None:
 
 DEMO_RUNS = (
     ("healthy", HEALTHY, 30),
-    ("broken", Faults(detach_conv1=True, constant_fc1=True, leak_val=12), 30),
+    (
+        "broken",
+        Faults(detach_conv1=True, constant_fc1=True, leak_val=12, broken_backward=True),
+        30,
+    ),
     # 64 training samples, no weight decay, 150 epochs: memorises, then validation loss climbs
     ("overfit", Faults(train_subset=64, weight_decay=0.0), 150),
 )
 PLANTED_NOTES = {
     "broken": (
-        "conv1 cut from the graph (.detach()), fc1 constant-initialised, and 12 validation "
-        "digits that are copies of training digits (6 exact, 6 shifted by a pixel)"
+        "conv1 cut from the graph (.detach()), fc1 constant-initialised, fc2 run through a "
+        "custom backward that halves its weight gradient, and 12 validation digits that are "
+        "copies of training digits (6 exact, 6 shifted by a pixel)"
     ),
     "overfit": "trained on 64 samples without weight decay for 150 epochs",
 }
@@ -350,6 +403,7 @@ def run_demo(directory: Path, echo: Echo = print) -> int:
         runs[name] = save_run(trained, directory / name)
         runs[name]["logs"] = write_lightning_csv(trained.history, directory / name).parent
         runs[name].update(write_splits(trained, directory / name / "data"))
+        runs[name].update(write_probe(faults, trained, directory / name))
         echo(
             f"  {name:8s} {trained.steps} steps in {trained.seconds:.1f}s, "
             f"validation accuracy {trained.val_accuracy:.1%}"
@@ -364,13 +418,16 @@ def run_demo(directory: Path, echo: Echo = print) -> int:
             init=str(paths["init"]),
             logs=[str(paths["logs"])],
             splits=splits,
+            model=f"{paths['model']}:build",
+            batch=str(paths["batch"]),
         )
         result, run = check(options)
         report = directory / f"{name}-report.html"
         write_atomic(report, render("html", result, run))
         echo(
             f"\n== diag check {paths['final']} --init {paths['init']} --logs {paths['logs']} "
-            f"--split train={paths['train']} --split val={paths['val']}"
+            f"--split train={paths['train']} --split val={paths['val']} "
+            f"--model {paths['model']}:build --batch {paths['batch']}"
         )
         echo(render("text", result, run), nl=False)
         echo(f"HTML report: {report}")

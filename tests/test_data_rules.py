@@ -206,3 +206,27 @@ def test_a_split_option_without_a_name_is_a_usage_error(tmp_path):
 
     result = CliRunner().invoke(cli, ["check", "--split", str(tmp_path / "x.npz")])
     assert result.exit_code == 2 and "is not NAME=PATH" in result.output
+
+
+def test_splits_come_from_tool_diag_too(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from diag.cli import cli
+
+    _write(copied_rows(), tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.diag]\nsplits = { train = "train.npz", val = "val.npz" }\n'
+        'select = ["split-overlap-exact"]\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        cli, ["check", "--config", str(tmp_path / "pyproject.toml"), "--format", "json", "-q"]
+    )
+    report = json.loads(result.output)
+    assert [f["rule"] for f in report["findings"]] == ["split-overlap-exact"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[tool.diag]\nsplits = ["train.npz"]\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", "--config", str(bad)])
+    assert result.exit_code == 2 and "splits must be a table" in result.output

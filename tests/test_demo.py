@@ -24,7 +24,8 @@ def _check(folder: Path, run: str) -> dict:
     args = [
         "check", str(base / "final.ckpt"), "--init", str(base / "init.pt"),
         "--logs", str(base / "lightning_logs"), "--split", f"train={base / 'data/train.npz'}",
-        "--split", f"val={base / 'data/val.npz'}", "--format", "json", "--quiet",
+        "--split", f"val={base / 'data/val.npz'}", "--model", f"{base / 'model.py'}:build",
+        "--batch", str(base / "batch.pt"), "--format", "json", "--quiet",
     ]  # fmt: skip
     return json.loads(CliRunner().invoke(cli, args).output)
 
@@ -57,6 +58,8 @@ def test_the_broken_demo_run_shows_every_planted_fault(demo):
         ("noisy-kernels", "conv1.weight"),
         ("split-overlap-exact", "train/val"),
         ("split-overlap-near", "train/val"),
+        ("gradient-mismatch", "fc2.weight"),
+        ("gradient-disconnected", "conv1.weight"),
     } == found
     counts = {
         f["rule"]: f["evidence"]["pair_count"]
@@ -66,6 +69,7 @@ def test_the_broken_demo_run_shows_every_planted_fault(demo):
     assert counts == {"split-overlap-exact": 6, "split-overlap-near": 6}
     page = (demo[0] / "broken-report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 2 * 12  # every leaked pair, side by side
+    assert page.count('class="verdict-mismatch"') == 1  # fc2 in the gradient table
 
 
 def test_the_overfit_demo_run_shows_the_divergence_plot(demo):

@@ -275,3 +275,35 @@ def test_the_html_report_has_the_gradient_table_and_dead_unit_bars(folder, tmp_p
     assert section.count('class="verdict-ok"') >= 8
     # conv1, conv2, fc1, out: fc2 runs inside the custom Function, where no linear call is seen
     assert section.count('<rect class="bar') == 4
+
+
+def test_a_frozen_parameter_the_optimizer_trained_is_reported(folder, tmp_path):
+    import importlib.util
+
+    (tmp_path / "frozen.py").write_text(
+        MODELS + "\n\ndef frozen():\n    m = DropoutCNN()\n    m.fc1.weight.requires_grad_(False)\n"
+        "    return m\n",
+        encoding="utf-8",
+    )
+    spec = importlib.util.spec_from_file_location("frozen_models", tmp_path / "frozen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.healthy()  # trained with every parameter, as the optimizer state shows
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y, _, _ = digits(0)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[:64]), y[:64]).backward()
+        optimizer.step()
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, ckpt)
+    args = [
+        "check", str(ckpt), "--model", f"{tmp_path / 'frozen.py'}:frozen",
+        "--batch", str(folder / "batch.pt"), "--format", "json", "--quiet",
+        "--select", "gradient-disconnected",
+    ]  # fmt: skip
+    report = json.loads(CliRunner().invoke(cli, args).output)
+    assert [(f["location"]["object"], f["evidence"]) for f in report["findings"]] == [
+        ("fc1.weight", {"frozen": True, "optimizer_state": True})
+    ]

@@ -2,7 +2,7 @@
 
 Usage: python bench/_run_one.py MODE [PATH] [--init PATH]
   baseline          import torch, safetensors and diag's check stack; measure nothing else
-  diag              diag.check.check(CheckOptions(checkpoint=PATH, init=..., quiet=True))
+  diag              diag.api.check(CheckOptions(checkpoint=PATH, init=..., quiet=True))
   breakdown         Run.prepare's loop by hand: seconds in read / compute_stats / compute_update
   torch-load        torch.load(PATH, weights_only=True) of the whole file
   safetensors-load  safetensors.torch.load_file(PATH) of the whole file (mmap-backed tensors)
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 STACK = (
-    "torch", "safetensors.torch", "diag.check", "diag.engine", "diag.run", "diag.stats",
+    "torch", "safetensors.torch", "diag.api", "diag.engine", "diag.run", "diag.stats",
     "diag.loaders.checkpoint", "diag.loaders.safetensors_table", "diag.loaders.torchzip",
 )  # fmt: skip
 
@@ -48,7 +48,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_diag(args: argparse.Namespace) -> dict[str, Any]:
-    from diag.check import CheckOptions, check
+    from diag.api import CheckOptions, check
 
     result, _run = check(CheckOptions(checkpoint=args.path, init=args.init, quiet=True))
     return {"findings": len(result.findings), "errors": len(result.errors)}

@@ -34,6 +34,16 @@ def _splits(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _shown_path(path: Path | None) -> str | None:
+    """The config file as a path relative to the working directory when it is inside it."""
+    if path is None:
+        return None
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
@@ -84,6 +94,13 @@ def cli() -> None:
 @click.option(
     "--ignore", multiple=True, metavar="RULES", help="Skip these rules or groups (comma list)."
 )
+@click.option(
+    "--extend-select", multiple=True, metavar="RULES", help="Add rules or groups to the selection."
+)
+@click.option("--baseline", metavar="PATH", help="Known findings: shown, but only new ones fail.")
+@click.option(
+    "--write-baseline", metavar="PATH", help="Record the current findings as the baseline."
+)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format (default text).")
 @click.option("--output", "-o", metavar="PATH", help="Write the report here instead of stdout.")
 @click.option("--html", "html_path", metavar="PATH", help="Also write the HTML audit report here.")
@@ -110,6 +127,9 @@ def check(
     val_metric: str | None,
     select: tuple[str, ...],
     ignore: tuple[str, ...],
+    extend_select: tuple[str, ...],
+    baseline: str | None,
+    write_baseline: str | None,
     fmt: str | None,
     output: str | None,
     html_path: str | None,
@@ -118,7 +138,7 @@ def check(
     quiet: bool,
 ) -> None:
     """Check what a training run left behind: its checkpoint, initial weights and logs."""
-    from diag.check import CheckOptions, run_check
+    from diag.api import CheckOptions, run_check
 
     try:
         from diag.config import load_config
@@ -138,6 +158,12 @@ def check(
             val_metric=val_metric or config.get("val-metric"),
             select=_split(select) or config.get("select", []),
             ignore=_split(ignore) or config.get("ignore", []),
+            extend_select=_split(extend_select) or config.get("extend-select", []),
+            per_object_ignores=config.get("per-object-ignores", {}),
+            rule_options=config.get("rules", {}),
+            baseline=baseline or config.get("baseline"),
+            write_baseline=write_baseline,
+            config_path=_shown_path(config.source),
             fmt=fmt or config.get("format", "text"),
             output=output or config.get("output"),
             html=html_path or config.get("html"),
@@ -150,6 +176,28 @@ def check(
     except MemoryError:
         fail("out of memory while reading the inputs")
     sys.exit(code)
+
+
+@cli.command()
+@click.option(
+    "--config", "config_path", metavar="PATH", help="Config file (default: nearest pyproject.toml)."
+)
+def config(config_path: str | None) -> None:
+    """Print the configuration `diag check` would use, and where it comes from."""
+    import json
+
+    from diag.config import load_config
+
+    try:
+        loaded = load_config(config_path)
+    except DiagError as exc:
+        fail(str(exc))
+    if loaded.source is None:
+        click.echo("# no diag.toml or [tool.diag] in pyproject.toml found: defaults apply")
+        return
+    click.echo(f"# from {loaded.source}")
+    for key, value in loaded.values.items():
+        click.echo(f"{key} = {json.dumps(value)}")
 
 
 @cli.command()

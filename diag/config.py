@@ -11,10 +11,10 @@ from diag.errors import UsageError
 
 KEYS = (
     "checkpoint", "init", "logs", "train-metric", "val-metric", "splits", "label-column",
-    "group-column", "model", "batch", "loss", "select", "ignore", "fail-on", "format", "output",
-    "html",
+    "group-column", "model", "batch", "loss", "select", "extend-select", "ignore",
+    "per-object-ignores", "rules", "baseline", "fail-on", "format", "output", "html",
 )  # fmt: skip
-PATH_KEYS = ("checkpoint", "init", "output", "html", "batch")
+PATH_KEYS = ("checkpoint", "init", "output", "html", "batch", "baseline")
 FAIL_ON = ("info", "warning", "error", "never")
 
 
@@ -28,11 +28,22 @@ class Config:
 
 
 def find_pyproject(start: Path) -> Path | None:
+    """The nearest diag.toml, or pyproject.toml with a [tool.diag] table, upwards."""
     for folder in (start, *start.parents):
+        dedicated = folder / "diag.toml"
+        if dedicated.is_file():
+            return dedicated
         candidate = folder / "pyproject.toml"
-        if candidate.is_file():
+        if candidate.is_file() and _has_tool_diag(candidate):
             return candidate
     return None
+
+
+def _has_tool_diag(path: Path) -> bool:
+    try:
+        return "diag" in tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return True  # let load_config report the broken file
 
 
 def load_config(explicit: str | None = None, cwd: Path | None = None) -> Config:
@@ -48,7 +59,7 @@ def load_config(explicit: str | None = None, cwd: Path | None = None) -> Config:
         raise UsageError(f"{path}: invalid TOML ({exc})") from None
     table = data.get("tool", {}).get("diag")
     if table is None:
-        if explicit and path.name != "pyproject.toml":
+        if path.name != "pyproject.toml":
             table = data  # a dedicated diag.toml may hold the keys at top level
         else:
             return Config(source=None)
@@ -65,7 +76,7 @@ def _validate(table: Any, path: Path) -> dict[str, Any]:
         )
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key in ("select", "ignore"):
+        if key in ("select", "ignore", "extend-select"):
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
@@ -76,6 +87,23 @@ def _validate(table: Any, path: Path) -> dict[str, Any]:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise UsageError(f"{path}: [tool.diag] logs must be a path or a list of paths")
             value = [str(path.parent / v) for v in value]
+        elif key == "per-object-ignores":
+            if not (
+                isinstance(value, dict)
+                and all(
+                    isinstance(v, list) and all(isinstance(g, str) for g in v)
+                    for v in value.values()
+                )
+            ):
+                raise UsageError(
+                    f"{path}: [tool.diag] per-object-ignores must map rule names to lists of globs"
+                )
+        elif key == "rules":
+            if not (isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())):
+                raise UsageError(
+                    f"{path}: [tool.diag.rules] must hold one table per rule, e.g. "
+                    "[tool.diag.rules.dead-units] min_dead_fraction = 0.6"
+                )
         elif key == "splits":
             if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
                 raise UsageError(f'{path}: [tool.diag] splits must be a table of NAME = "PATH"')

@@ -393,7 +393,7 @@ PLANTED_NOTES = {
 
 
 def run_demo(directory: Path, echo: Echo = print) -> int:
-    from diag.check import CheckOptions, check, write_atomic
+    from diag.api import CheckOptions, check, write_atomic
     from diag.reports import render
 
     echo(f"Training three tiny CNNs on scikit-learn's digits into {directory}/ ...")

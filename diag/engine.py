@@ -13,8 +13,12 @@ from diag.run import MISSING_REASONS, Run
 
 
 def run_rules(
-    run: Run, specs: Iterable[RuleSpec], metadata: dict[str, Any] | None = None
+    run: Run,
+    specs: Iterable[RuleSpec],
+    metadata: dict[str, Any] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> Result:
+    """Run each rule whose inputs exist; `options` are per-rule keyword thresholds."""
     findings: list[Finding] = []
     skipped: list[Skipped] = []
     errors: list[RuleError] = []
@@ -28,6 +32,7 @@ def run_rules(
             continue
         # `a|b` needs either input; the rule gets both, one of them possibly None.
         kwargs = {n: run.artifact(n) for need in (*spec.needs, *spec.uses) for n in need.split("|")}
+        kwargs.update((options or {}).get(spec.name, {}))
         start = time.perf_counter()
         try:
             for found in spec.func(**kwargs):

@@ -52,6 +52,7 @@ class Finding:
     severity: Severity | None = None
     rule: str = ""
     group: str = ""
+    known: bool = False  # in the --baseline: shown, but does not fail the check
 
     @property
     def fingerprint(self) -> str:
@@ -88,5 +89,8 @@ class Result:
             counts[f.severity.label] += 1  # type: ignore[union-attr]
         return counts
 
-    def worst(self) -> Severity | None:
-        return max((f.severity for f in self.findings if f.severity), default=None)
+    def worst(self, include_known: bool = True) -> Severity | None:
+        return max(
+            (f.severity for f in self.findings if f.severity and (include_known or not f.known)),
+            default=None,
+        )

@@ -112,13 +112,17 @@ def load_rules() -> list[RuleSpec]:
 
 
 def select_rules(
-    specs: list[RuleSpec], select: Iterable[str] = (), ignore: Iterable[str] = ()
+    specs: list[RuleSpec],
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    extend: Iterable[str] = (),
 ) -> list[RuleSpec]:
-    """Apply --select/--ignore (rule or group names). Unknown names raise ValueError."""
+    """Apply --select/--ignore/extend-select (rule or group names), as ruff does: `select`
+    replaces the default (every rule), `extend` adds to it. Unknown names raise ValueError."""
     names = {s.name for s in specs}
     groups = {s.group for s in specs}
-    select, ignore = list(select), list(ignore)
-    unknown = [n for n in [*select, *ignore] if n not in names and n not in groups]
+    select, ignore, extend = list(select), list(ignore), list(extend)
+    unknown = [n for n in [*select, *ignore, *extend] if n not in names and n not in groups]
     if unknown:
         raise ValueError(
             f"unknown rule or group: {', '.join(unknown)} (see `diag rules` for the catalogue)"
@@ -127,5 +131,5 @@ def select_rules(
     def matches(spec: RuleSpec, wanted: list[str]) -> bool:
         return spec.name in wanted or spec.group in wanted
 
-    chosen = [s for s in specs if not select or matches(s, select)]
+    chosen = [s for s in specs if not select or matches(s, select) or matches(s, extend)]
     return [s for s in chosen if not matches(s, ignore)]

@@ -184,7 +184,7 @@ def analyse_splits(splits: dict[str, Split], quiet: bool = True) -> LeakageRepor
 
 
 def sample_progress(quiet: bool, total: int) -> Any:
-    from diag.check import Progress
+    from diag.api import Progress
 
     return Progress(quiet or total < 50_000, total, "hashing samples", unit="samples")
 

@@ -25,7 +25,7 @@ def to_dict(result: Result) -> dict[str, Any]:
 
 
 def finding_dict(f: Finding) -> dict[str, Any]:
-    return {
+    out = {
         "rule": f.rule,
         "group": f.group,
         "severity": f.severity.label if f.severity else None,
@@ -34,6 +34,9 @@ def finding_dict(f: Finding) -> dict[str, Any]:
         "evidence": {k: _plain(v) for k, v in f.evidence.items()},
         "fingerprint": f.fingerprint,
     }
+    if f.known:
+        out["known"] = True  # in the --baseline: shown, not failing
+    return out
 
 
 def _plain(value: Any) -> Any:

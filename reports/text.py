@@ -21,7 +21,10 @@ def render(result: Result, run: Any = None) -> str:
             continue
         lines.append(f"{severity.label.upper()} ({len(found)})")
         for f in found:
-            lines.append(f"  {f.location.artifact}:{f.location.object}: {f.rule}: {f.message}")
+            known = " (known, in the baseline)" if f.known else ""
+            lines.append(
+                f"  {f.location.artifact}:{f.location.object}: {f.rule}: {f.message}{known}"
+            )
         lines.append("")
     if result.errors:
         lines.append(f"RULE ERRORS ({len(result.errors)})")
@@ -47,5 +50,8 @@ def render(result: Result, run: Any = None) -> str:
         f"{n} {label}{'s' if n != 1 and label != 'info' else ''}" for label, n in counts.items()
     ]
     tail = f" from {ran} rules" if ran is not None else ""
+    baseline = result.metadata.get("baseline")
+    if baseline:
+        tail += f"; {baseline['known']} known from the baseline, {baseline['new']} new"
     lines.append(f"Found {', '.join(parts)}{tail}.")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diag.check import CheckOptions, check
+from diag.api import CheckOptions, check
 from diag.loaders import blocks
 from diag.loaders.checkpoint import open_checkpoint
 from diag.run import Run

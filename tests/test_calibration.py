@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diag.check import CheckOptions, check
+from diag.api import CheckOptions, check
 from diag.model import Severity
 
 

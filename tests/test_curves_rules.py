@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from diag.check import CheckOptions, check
+from diag.api import CheckOptions, check
 from diag.registry import load_rules
 
 RNG = np.random.default_rng(0)

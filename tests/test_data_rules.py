@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diag.check import CheckOptions, check
+from diag.api import CheckOptions, check
 from diag.registry import load_rules
 
 RNG = np.random.default_rng(0)

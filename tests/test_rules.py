@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from diag.check import CheckOptions, check
+from diag.api import CheckOptions, check
 from diag.registry import DOC_SECTIONS, load_rules
 
 

@@ -1,10 +1,14 @@
-"""`diag check` as a function: inputs -> Run -> rules -> Result -> reports, and an exit code."""
+"""`diag check` as a function: inputs -> Run -> rules -> Result -> reports, and an exit code.
+
+The one-call Python API is `diag.check(...)` (in diag/__init__.py), built on `check` here.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,12 +41,19 @@ class CheckOptions:
     html: str | None = None
     fail_on: str = "error"
     quiet: bool = True
+    extend_select: list[str] = field(default_factory=list)
+    per_object_ignores: dict[str, list[str]] = field(default_factory=dict)
+    rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    write_baseline: str | None = None
+    config_path: str | None = None
 
 
 def exit_code(result: Result, fail_on: str) -> int:
+    """1 when a finding not in the baseline is at or above `fail_on`, else 0."""
     if fail_on == "never":
         return 0
-    worst = result.worst()
+    worst = result.worst(include_known=False)
     return 1 if worst is not None and worst >= Severity.parse(fail_on) else 0
 
 
@@ -63,7 +74,11 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     if options.init and not options.checkpoint:
         raise UsageError("--init needs a CHECKPOINT to compare with")
     try:
-        specs = select_rules(load_rules(), options.select, options.ignore)
+        specs = select_rules(
+            load_rules(), options.select, options.ignore, extend=options.extend_select
+        )
+        rule_options = validate_rule_options(load_rules(), options.rule_options)
+        validate_object_ignores(load_rules(), options.per_object_ignores)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     run = Run()
@@ -90,12 +105,120 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     with Progress(options.quiet or total < 64 * 1024 * 1024, total, "reading tensors") as advance:
         run.prepare(advance)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    metadata = {
+    metadata: dict[str, Any] = {
         "inputs": _inputs(run),
         "generated": started.isoformat(),
         "rules_run": len(specs),
     }
-    return run_rules(run, specs, metadata), run
+    if options.config_path:
+        metadata["config_path"] = options.config_path
+    result = run_rules(run, specs, metadata, rule_options)
+    result = apply_object_ignores(result, options.per_object_ignores)
+    if options.baseline:
+        result = apply_baseline(result, Path(options.baseline))
+    return result, run
+
+
+def validate_rule_options(specs: list[Any], wanted: dict[str, dict[str, Any]]) -> dict:
+    """`[tool.diag.rules.NAME]` tables checked against what each rule declares."""
+    by_name = {s.name: s for s in specs}
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in wanted.items():
+        if name not in by_name:
+            raise ValueError(f"[tool.diag.rules]: unknown rule {name!r} (see `diag rules`)")
+        declared = by_name[name].options()
+        for key, value in values.items():
+            if key not in declared:
+                known = ", ".join(declared) or "none"
+                raise ValueError(
+                    f"[tool.diag.rules.{name}]: unknown option {key!r} (options: {known})"
+                )
+            default = declared[key]
+            numeric = isinstance(default, int | float) and not isinstance(default, bool)
+            ok = (
+                isinstance(value, int | float) and not isinstance(value, bool)
+                if numeric
+                else isinstance(value, type(default))
+            )
+            if not ok:
+                raise ValueError(
+                    f"[tool.diag.rules.{name}]: {key} must be a {type(default).__name__}, "
+                    f"got {value!r}"
+                )
+        out[name] = dict(values)
+    return out
+
+
+def validate_object_ignores(specs: list[Any], ignores: dict[str, list[str]]) -> None:
+    names = {s.name for s in specs} | {s.group for s in specs}
+    for key in ignores:
+        if key not in names:
+            raise ValueError(f"[tool.diag.per-object-ignores]: unknown rule or group {key!r}")
+
+
+def apply_object_ignores(result: Result, ignores: dict[str, list[str]]) -> Result:
+    """Drop findings on objects the config ignores for that rule (globs, as in ruff's
+    per-file-ignores); how many were dropped goes into the metadata."""
+    import dataclasses
+    from fnmatch import fnmatchcase
+
+    if not ignores:
+        return result
+
+    def ignored(f: Any) -> bool:
+        globs = [*ignores.get(f.rule, ()), *ignores.get(f.group, ())]
+        return any(fnmatchcase(f.location.object, g) for g in globs)
+
+    kept = tuple(f for f in result.findings if not ignored(f))
+    meta = dict(result.metadata)
+    meta["ignored_by_config"] = len(result.findings) - len(kept)
+    return dataclasses.replace(result, findings=kept, metadata=meta)
+
+
+BASELINE_VERSION = 1
+
+
+def write_baseline(result: Result, path: Path) -> int:
+    """Record the findings' fingerprints (rule + artifact name + object: no values, no
+    steps, so a re-run of the same training still matches)."""
+    import json
+
+    entries = [
+        {
+            "fingerprint": f.fingerprint,
+            "rule": f.rule,
+            "artifact": f.location.artifact.replace("\\", "/").rsplit("/", 1)[-1],
+            "object": f.location.object,
+            "severity": f.severity.label if f.severity else None,
+        }
+        for f in result.findings
+    ]
+    doc = {"diag_baseline": BASELINE_VERSION, "findings": entries}
+    write_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return len(entries)
+
+
+def apply_baseline(result: Result, path: Path) -> Result:
+    """Mark findings whose fingerprint is in the baseline as known."""
+    import dataclasses
+    import json
+
+    from diag.errors import InputError
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        known = {str(e["fingerprint"]) for e in doc["findings"]}
+        if doc.get("diag_baseline") != BASELINE_VERSION:
+            raise InputError(path, "not a diag baseline (diag_baseline: 1 missing)")
+    except FileNotFoundError:
+        raise InputError(path, "baseline file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(path, "not a diag baseline (write one with --write-baseline)") from None
+    findings = tuple(dataclasses.replace(f, known=f.fingerprint in known) for f in result.findings)
+    meta = dict(result.metadata)
+    new = sum(not f.known for f in findings)
+    meta["baseline"] = {"path": str(path), "known": len(findings) - new, "new": new}
+    return dataclasses.replace(result, findings=findings, metadata=meta)
 
 
 def load_logs(paths: list[str], train_metric: str | None, val_metric: str | None) -> list[Any]:
@@ -132,6 +255,11 @@ def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:
     from diag.reports import render
 
     result, run = check(options)
+    if options.write_baseline:
+        count = write_baseline(result, Path(options.write_baseline))
+        sys.stderr.write(
+            f"diag: wrote {count} finding(s) to the baseline {options.write_baseline}\n"
+        )
     text = render(options.fmt, result, run)
     if options.output:
         write_atomic(Path(options.output), text)
@@ -139,6 +267,8 @@ def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:
         echo(text, nl=False)
     if options.html:
         write_atomic(Path(options.html), render("html", result, run))
+    if options.write_baseline:
+        return 0  # the baseline accepts what was found
     return exit_code(result, options.fail_on)
 
 

@@ -19,35 +19,50 @@ def run_rules(
     options: dict[str, dict[str, Any]] | None = None,
 ) -> Result:
     """Run each rule whose inputs exist; `options` are per-rule keyword thresholds."""
+    from diag.api import Progress
+
     findings: list[Finding] = []
     skipped: list[Skipped] = []
     errors: list[RuleError] = []
     timings: dict[str, float] = {}
-    for spec in specs:
-        missing = [n for n in spec.needs if not run.available(n)]
-        if missing:
-            skipped.append(
-                Skipped(spec.name, MISSING_REASONS.get(missing[0], f"needs {missing[0]}"))
-            )
-            continue
-        # `a|b` needs either input; the rule gets both, one of them possibly None.
-        kwargs = {n: run.artifact(n) for need in (*spec.needs, *spec.uses) for n in need.split("|")}
-        kwargs.update((options or {}).get(spec.name, {}))
-        start = time.perf_counter()
-        try:
-            for found in spec.func(**kwargs):
-                findings.append(
-                    dataclasses.replace(
-                        found,
-                        rule=spec.name,
-                        group=spec.group,
-                        severity=found.severity or spec.severity,
-                    )
-                )
-        except Exception as exc:  # a broken rule is reported, and the other rules still run
-            errors.append(RuleError(spec.name, f"{type(exc).__name__}: {exc}"))
-        timings[spec.name] = round(time.perf_counter() - start, 6)
+    specs = list(specs)
+    # Rules that run the model or compare splits can take a while on big inputs.
+    slow = getattr(run, "probe", None) is not None or bool(getattr(run, "splits", None))
+    quiet = getattr(run, "quiet", True) or not slow
+    with Progress(quiet, len(specs), "running rules", "rules") as advance:
+        for done, spec in enumerate(specs, 1):
+            _run_one(run, spec, options, findings, skipped, errors, timings)
+            if advance is not None:
+                advance(done, len(specs))
     findings.sort(key=lambda f: (-f.severity, f.rule, f.location.artifact, f.location.object))  # type: ignore[operator]
     meta = dict(metadata or {})
     meta["timings"] = timings
     return Result(tuple(findings), tuple(skipped), tuple(errors), meta)
+
+
+def _run_one(
+    run: Run,
+    spec: RuleSpec,
+    options: dict[str, dict[str, Any]] | None,
+    findings: list[Finding],
+    skipped: list[Skipped],
+    errors: list[RuleError],
+    timings: dict[str, float],
+) -> None:
+    missing = [n for n in spec.needs if not run.available(n)]
+    if missing:
+        skipped.append(Skipped(spec.name, MISSING_REASONS.get(missing[0], f"needs {missing[0]}")))
+        return
+    # `a|b` needs either input; the rule gets both, one of them possibly None.
+    kwargs = {n: run.artifact(n) for need in (*spec.needs, *spec.uses) for n in need.split("|")}
+    kwargs.update((options or {}).get(spec.name, {}))
+    start = time.perf_counter()
+    try:
+        for found in spec.func(**kwargs):
+            severity = found.severity or spec.severity
+            findings.append(
+                dataclasses.replace(found, rule=spec.name, group=spec.group, severity=severity)
+            )
+    except Exception as exc:  # a broken rule is reported, and the other rules still run
+        errors.append(RuleError(spec.name, f"{type(exc).__name__}: {exc}"))
+    timings[spec.name] = round(time.perf_counter() - start, 6)

@@ -12,8 +12,10 @@ import click
 
 from diag import __version__
 from diag.errors import DiagError, UsageError
+from diag.reports import FORMATS as REPORT_FORMATS
 
-FORMATS = ("text", "json", "html")
+# Every registered reporter (the registry only names modules: nothing heavy is imported).
+FORMATS = tuple(REPORT_FORMATS)
 FAIL_ON = ("info", "warning", "error", "never")
 
 

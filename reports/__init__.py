@@ -14,6 +14,9 @@ FORMATS = {
     "text": "diag.reports.text",
     "json": "diag.reports.json",
     "html": "diag.reports.html",
+    "sarif": "diag.reports.sarif",
+    "junit": "diag.reports.junit",
+    "github": "diag.reports.github",
 }
 
 Renderer = Callable[..., str]

@@ -3,7 +3,12 @@
 Everything the page shows is prepared here as plain data (numbers already formatted,
 colours already computed), so the template only lays it out and jinja2's autoescaping
 covers every string that came from the inputs. The page has no scripts and loads nothing:
-a Content-Security-Policy pins the one inline stylesheet by its hash.
+a Content-Security-Policy pins the one inline stylesheet by its hash. The findings filters
+are CSS only (checkboxes read by `:has()` selectors), so they need no script either.
+
+Findings and the pictures that support them link both ways: every picture (curve, leaked
+pairs, gradient row, dead-unit bar, kernel grid, layer row) registers under a key it shares
+with the findings about it, and `Evidence` turns shared keys into links.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import base64
 import hashlib
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +49,16 @@ CHANNEL_GAP = 1
 BLUE = np.array([33.0, 102.0, 172.0])
 RED = np.array([178.0, 24.0, 43.0])
 SEVERITY_TITLES = {"error": "Errors", "warning": "Warnings", "info": "Info"}
+# Rule groups get numbered filter slots so the stylesheet, which must be identical on every
+# page for its CSP hash to be computed once from the template, never contains a group name.
+# Groups past the last slot share it (labelled "other groups").
+GROUP_SLOTS = 12
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str  # "#element-id"
+    label: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,8 @@ class FindingView:
     artifact: str
     object: str
     evidence: tuple[tuple[str, str], ...]
+    links: tuple[Link, ...]  # to the pictures that show this finding
+    known: bool  # in the --baseline: shown, but does not fail the check
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,7 @@ class RuleDoc:
 class RuleBlock:
     rule: str
     group: str
+    slot: int  # the group's filter slot
     doc: RuleDoc | None
     findings: tuple[FindingView, ...]
 
@@ -89,8 +108,8 @@ class LayerRow:
     update: str
     zeros: str
     severity: str  # worst severity of the findings on this tensor, "" when none
-    rules: tuple[str, ...]
-    anchor: str
+    findings: tuple[Link, ...]
+    id: str  # element id, "" when no finding points here
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,71 @@ class KernelFigure:
     mode: str  # "rgb" or "diverging"
     note: str
     grids: tuple[KernelGrid, ...]
+    findings: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A picture drawn by a sub-view (curves, leaks), with its element id and back links."""
+
+    id: str
+    view: Any
+    findings: tuple[Link, ...]
+
+
+@dataclass(frozen=True)
+class ProbeLinks:
+    """Ids and back links for the probe's rows, index-aligned with `ProbeView`'s tuples."""
+
+    gradients: tuple[tuple[str, tuple[Link, ...]], ...]
+    dead: tuple[tuple[str, tuple[Link, ...]], ...]
+
+
+@dataclass(frozen=True)
+class GroupFilter:
+    slot: int
+    label: str
+    count: int
+
+
+class Evidence:
+    """Matches pictures to findings by shared keys and records the links both ways.
+
+    Built once per page: each picture is registered in page order, which is also the order
+    its link appears under a finding.
+    """
+
+    def __init__(self, findings: Iterable[Finding], anchors: dict[int, str]) -> None:
+        self.anchors = anchors
+        self.by_key: dict[Hashable, list[Finding]] = {}
+        self.links: dict[int, list[Link]] = {}
+        for f in findings:
+            for key in _evidence_keys(f, anchors[id(f)]):
+                self.by_key.setdefault(key, []).append(f)
+
+    def picture(self, key: Hashable, element_id: str, label: str) -> tuple[Link, ...]:
+        """Link the findings under `key` to the element; return the links back to them."""
+        found = self.by_key.get(key, [])
+        for f in found:
+            self.links.setdefault(id(f), []).append(Link(f"#{element_id}", label))
+        return tuple(Link(f"#{self.anchors[id(f)]}", f.rule) for f in found)
+
+    def of(self, finding: Finding) -> tuple[Link, ...]:
+        return tuple(self.links.get(id(finding), ()))
+
+
+def _evidence_keys(f: Finding, anchor: str) -> list[Hashable]:
+    # A tensor's own pictures (kernels, layer row) match by name whatever the rule group: a
+    # stuck conv1 (params) and a disconnected conv1 (grads) both show in its kernels. The
+    # probe's rows are what the probe measured, so only its rules' findings point there.
+    keys: list[Hashable] = [("tensor", f.location.object), ("finding", anchor)]
+    if f.group == "grads":
+        keys.append(("gradient", f.location.object))
+    if f.rule == "dead-units":  # it names the weight of the layer whose units never fire
+        keys.append(("dead", f.location.object))
+    if f.group == "curves":  # as plots.curve_figures matches findings to a log's figure
+        keys.append(("log", f.location.artifact, f.location.details.get("run", "")))
+    return keys
 
 
 def render(result: Result, run: Run | None = None) -> str:
@@ -130,8 +214,9 @@ def render(result: Result, run: Run | None = None) -> str:
         lstrip_blocks=True,
     )
     template = env.get_template(TEMPLATE)
-    style_hash = csp_hash(_block_text(template, "style"))
-    return template.render(style_hash=style_hash, **_context(result, run))
+    static = {"group_slots": GROUP_SLOTS}
+    style_hash = csp_hash(_block_text(template, "style", static))
+    return template.render(style_hash=style_hash, **static, **_context(result, run))
 
 
 def csp_hash(text: str) -> str:
@@ -139,31 +224,55 @@ def csp_hash(text: str) -> str:
     return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 
 
-def _block_text(template: Template, name: str) -> str:
-    # The stylesheet lives in the template; rendering its static block alone yields the
-    # exact bytes the page inlines, so the CSP hash cannot drift from the CSS.
-    return "".join(template.blocks[name](template.new_context({})))
+def _block_text(template: Template, name: str, static: Mapping[str, Any]) -> str:
+    # The stylesheet lives in the template; rendering its block alone, with the same
+    # constants the page gets and nothing from the result, yields the exact bytes the page
+    # inlines, so the CSP hash cannot drift from the CSS.
+    return "".join(template.blocks[name](template.new_context(dict(static))))
 
 
 def _context(result: Result, run: Run | None) -> dict[str, Any]:
     counts = result.summary()
     anchors = _anchors(result.findings)
+    evidence = Evidence(result.findings, anchors)
+    # Pictures first, in page order: registering them is what gives findings their links.
+    leaks = _leak_views(result, run, anchors, evidence)
+    probe = _probe_view(run)
+    pictures = {
+        "leaks": leaks,
+        "probe": probe,
+        "probe_links": _probe_links(probe, evidence),
+        "curves": _curve_figures(result, run, evidence),
+        "kernels": _kernel_figure(run, evidence),
+        "layers": _layer_table(result.findings, run, evidence),
+    }
+    slots = _group_slots(result.findings)
     return {
         "version": __version__,
+        "versions": _versions(),
         "generated": _text(result.metadata.get("generated")),
         "rules_run": result.metadata.get("rules_run"),
         "inputs": [_input_view(i) for i in result.metadata.get("inputs", [])],
         "counts": counts,
-        "status": _status(counts, len(result.errors)),
-        "groups": _severity_groups(result.findings, anchors),
+        "status": _status(counts, len(result.errors), result.metadata.get("baseline")),
+        "groups": _severity_groups(result.findings, anchors, evidence, slots),
+        "group_filters": _group_filters(result.findings, slots),
         "skipped": result.skipped,
         "errors": result.errors,
-        "layers": _layer_table(result.findings, anchors, run),
-        "kernels": _kernel_figure(run),
-        "curves": _curve_figures(result, run),
-        "leaks": _leak_views(result, run, anchors),
-        "probe": _probe_view(run),
+        **pictures,
     }
+
+
+def _versions() -> list[tuple[str, str]]:
+    """What produced the report. torch's version is read from its installed metadata, so
+    rendering a report never imports torch."""
+    from importlib import metadata
+
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "not installed"
+    return [("diag", __version__), ("Python", sys.version.split()[0]), ("torch", torch)]
 
 
 def _probe_view(run: Run | None) -> Any:
@@ -174,20 +283,55 @@ def _probe_view(run: Run | None) -> Any:
     return probe_view(run)
 
 
-def _leak_views(result: Result, run: Run | None, anchors: dict[int, str]) -> list[Any]:
+def _probe_links(probe: Any, evidence: Evidence) -> ProbeLinks:
+    if probe is None:
+        return ProbeLinks((), ())
+    gradients = tuple(
+        _row_links(evidence, ("gradient", row.name), f"gradient-{i}", "gradient check")
+        for i, row in enumerate(probe.gradients, 1)
+    )
+    dead = tuple(
+        _row_links(evidence, ("dead", f"{bar.name}.weight"), f"dead-{i}", "dead units")
+        for i, bar in enumerate(probe.dead, 1)
+    )
+    return ProbeLinks(gradients, dead)
+
+
+def _row_links(
+    evidence: Evidence, key: Hashable, element: str, label: str
+) -> tuple[str, tuple[Link, ...]]:
+    return element, evidence.picture(key, element, label)
+
+
+def _leak_views(
+    result: Result, run: Run | None, anchors: dict[int, str], evidence: Evidence
+) -> list[Figure]:
     if run is None or not getattr(run, "splits", None):
         return []
     from diag.reports.leaks import leak_views
 
-    return leak_views(result.findings, run.splits, anchors)
+    views = leak_views(result.findings, run.splits, anchors)
+    return [
+        Figure(f"leak-{i}", v, evidence.picture(("finding", v.anchor), f"leak-{i}", "leaked pairs"))
+        for i, v in enumerate(views, 1)
+    ]
 
 
-def _curve_figures(result: Result, run: Run | None) -> list[Any]:
+def _curve_figures(result: Result, run: Run | None, evidence: Evidence) -> list[Figure]:
     if run is None or not getattr(run, "logs", None):
         return []
-    from diag.reports.plots import curve_figures
+    from diag.reports.plots import MAX_FIGURES, curve_figures
 
-    return curve_figures(run.logs, result.findings)
+    figures: list[Figure] = []
+    for log in run.logs:
+        # One log at a time, so each figure is known to belong to this log and run.
+        for view in curve_figures([log], result.findings):
+            element = f"curve-{len(figures) + 1}"
+            key = ("log", str(log.source), log.run.run)
+            figures.append(Figure(element, view, evidence.picture(key, element, "training curve")))
+        if len(figures) >= MAX_FIGURES:
+            break
+    return figures
 
 
 # ---------------------------------------------------------------- formatting
@@ -237,20 +381,39 @@ def _shape(shape: Iterable[int]) -> str:
 # ---------------------------------------------------------------- header and verdict
 
 
+INPUT_COLUMNS = ("role", "name", "path", "format", "kind", "bytes", "samples", "fingerprint")
+
+
 def _input_view(item: Any) -> dict[str, str]:
     if not isinstance(item, Mapping):
-        return {"role": "", "path": _text(item), "format": "", "extra": ""}
-    known = ("role", "path", "format")
-    extra = [f"{k}: {format_value(v)}" for k, v in item.items() if k not in known]
+        item = {"path": item}
+    extra = [f"{k}: {format_value(v)}" for k, v in item.items() if k not in INPUT_COLUMNS]
+    role = " ".join(_text(item.get(k)) for k in ("role", "name") if item.get(k) is not None)
+    size = []
+    if isinstance(item.get("bytes"), numbers.Integral):
+        size.append(_bytes(int(item["bytes"])))
+    if item.get("samples") is not None:
+        size.append(f"{format_value(item['samples'])} samples")
     return {
-        "role": _text(item.get("role")),
+        "role": role,
         "path": _text(item.get("path")),
-        "format": _text(item.get("format")),
+        "format": _text(item.get("format") or item.get("kind")),
+        "size": ", ".join(size),
+        "fingerprint": _text(item.get("fingerprint")),
         "extra": "; ".join(extra),
     }
 
 
-def _status(counts: Mapping[str, int], crashed: int) -> dict[str, str]:
+def _bytes(n: int) -> str:
+    # Exact bytes too: two files that differ by a few bytes should not read the same.
+    exact = f"{n:,} bytes"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({exact})"
+    return exact
+
+
+def _status(counts: Mapping[str, int], crashed: int, baseline: Any = None) -> dict[str, str]:
     if counts.get("error"):
         key, label = "fail", "Fail"
     elif counts.get("warning"):
@@ -259,6 +422,8 @@ def _status(counts: Mapping[str, int], crashed: int) -> dict[str, str]:
         key, label = "pass", "Pass"
     parts = [f"{n} {name}{'s' if n != 1 and name != 'info' else ''}" for name, n in counts.items()]
     text = ", ".join(parts)
+    if isinstance(baseline, Mapping) and "known" in baseline:
+        text += f"; {baseline['known']} known from the baseline, {baseline.get('new', 0)} new"
     if crashed:
         # A clean verdict is only as good as the rules that ran: say so next to it.
         text += f"; {crashed} rule{'s' if crashed != 1 else ''} crashed (see Rule errors)"
@@ -273,7 +438,28 @@ def _anchors(findings: Iterable[Finding]) -> dict[int, str]:
     return {id(f): f"finding-{i}" for i, f in enumerate(findings, 1)}
 
 
-def _severity_groups(findings: tuple[Finding, ...], anchors: dict[int, str]) -> list[SeverityGroup]:
+def _group_slots(findings: Iterable[Finding]) -> dict[str, int]:
+    groups = sorted({f.group for f in findings})
+    return {g: min(i, GROUP_SLOTS) for i, g in enumerate(groups, 1)}
+
+
+def _group_filters(findings: tuple[Finding, ...], slots: dict[str, int]) -> list[GroupFilter]:
+    out: dict[int, GroupFilter] = {}
+    for group, slot in slots.items():
+        count = sum(1 for f in findings if f.group == group)
+        if slot in out:  # past the last slot: merged
+            count += out[slot].count
+            group = "other groups"
+        out[slot] = GroupFilter(slot, group or "no group", count)
+    return list(out.values())
+
+
+def _severity_groups(
+    findings: tuple[Finding, ...],
+    anchors: dict[int, str],
+    evidence: Evidence,
+    slots: dict[str, int],
+) -> list[SeverityGroup]:
     docs = _rule_docs()
     groups = []
     for severity in sorted(Severity, reverse=True):
@@ -285,7 +471,11 @@ def _severity_groups(findings: tuple[Finding, ...], anchors: dict[int, str]) -> 
             by_rule.setdefault(f.rule, []).append(f)
         blocks = tuple(
             RuleBlock(
-                rule, fs[0].group, docs.get(rule), tuple(_finding_view(f, anchors) for f in fs)
+                rule,
+                fs[0].group,
+                slots[fs[0].group],
+                docs.get(rule),
+                tuple(_finding_view(f, anchors, evidence) for f in fs),
             )
             for rule, fs in by_rule.items()
         )
@@ -294,7 +484,7 @@ def _severity_groups(findings: tuple[Finding, ...], anchors: dict[int, str]) -> 
     return groups
 
 
-def _finding_view(f: Finding, anchors: dict[int, str]) -> FindingView:
+def _finding_view(f: Finding, anchors: dict[int, str], evidence: Evidence) -> FindingView:
     rows = [(str(k), format_value(v)) for k, v in f.evidence.items()]
     rows += [(f"location.{k}", format_value(v)) for k, v in f.location.details.items()]
     return FindingView(
@@ -304,6 +494,8 @@ def _finding_view(f: Finding, anchors: dict[int, str]) -> FindingView:
         artifact=f.location.artifact,
         object=f.location.object,
         evidence=tuple(rows),
+        links=evidence.of(f),
+        known=f.known,
     )
 
 
@@ -349,7 +541,7 @@ def _paragraphs(text: str) -> Iterable[tuple[tuple[str, bool], ...]]:
 
 
 def _layer_table(
-    findings: tuple[Finding, ...], anchors: dict[int, str], run: Run | None
+    findings: tuple[Finding, ...], run: Run | None, evidence: Evidence
 ) -> LayerTable | None:
     if run is None or run.checkpoint is None or not run.checkpoint.stats:
         return None
@@ -357,16 +549,21 @@ def _layer_table(
     flagged = _findings_by_object(findings)
     updates = run.updates or {}
     rows = tuple(
-        _layer_row(s, flagged.get(name, []), updates.get(name), anchors)
-        for name, s in list(stats.items())[:MAX_LAYER_ROWS]
+        _layer_row(s, flagged.get(name, []), updates.get(name), f"tensor-{i}", evidence)
+        for i, (name, s) in enumerate(list(stats.items())[:MAX_LAYER_ROWS], 1)
     )
     return LayerTable(rows, len(stats), bool(updates))
 
 
 def _layer_row(
-    s: TensorStats, on_it: list[Finding], update: UpdateStats | None, anchors: dict[int, str]
+    s: TensorStats,
+    on_it: list[Finding],
+    update: UpdateStats | None,
+    element: str,
+    evidence: Evidence,
 ) -> LayerRow:
     worst = max((f.severity for f in on_it if f.severity), default=None)
+    links = evidence.picture(("tensor", s.name), element, "layer table") if on_it else ()
     return LayerRow(
         name=s.name,
         kind=s.kind,
@@ -377,8 +574,8 @@ def _layer_row(
         update=_num(update.ratio) if update is not None else "",
         zeros=_percent(s.zero_fraction),
         severity=worst.label if worst else "",
-        rules=tuple(dict.fromkeys(f.rule for f in on_it)),
-        anchor=anchors[id(on_it[0])] if on_it else "",
+        findings=links,
+        id=element if links else "",
     )
 
 
@@ -401,7 +598,7 @@ def _percent(fraction: float) -> str:
 # ---------------------------------------------------------------- kernel pictures
 
 
-def _kernel_figure(run: Run | None) -> KernelFigure | None:
+def _kernel_figure(run: Run | None, evidence: Evidence) -> KernelFigure | None:
     if run is None or run.checkpoint is None or not run.checkpoint.stats:
         return None
     from diag.rules.params import first_layer_convs
@@ -423,6 +620,7 @@ def _kernel_figure(run: Run | None) -> KernelFigure | None:
         mode="rgb" if cin == 3 else "diverging",
         note=_kernel_note(out, cin),
         grids=tuple(grids),
+        findings=evidence.picture(("tensor", layer.name), "kernels", "first-layer kernels"),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -187,9 +189,11 @@ def test_layer_table_has_a_row_per_tensor_and_highlights_findings(run: Run, page
     for name, row in zip(run.checkpoint.stats, rows, strict=True):
         assert f'<td class="name">{name}</td>' in row
     flagged = {r.split('<td class="name">')[1].split("<")[0]: r for r in rows}
-    assert flagged["3.weight"].startswith('<tr class="error">')
-    assert flagged["0.weight"].startswith('<tr class="warning">')
+    # Flagged rows carry an id, the target of the finding's link to its row.
+    assert flagged["3.weight"].startswith('<tr class="error" id="tensor-3">')
+    assert flagged["0.weight"].startswith('<tr class="warning" id="tensor-1">')
     assert flagged["0.bias"].startswith("<tr>")
+    assert '<a href="#finding-1">dead-units</a>' in flagged["3.weight"]
 
 
 def test_init_kernels_drawn_next_to_trained_ones(tmp_path: Path) -> None:
@@ -284,3 +288,88 @@ def test_format_value() -> None:
     assert fmt(True) == "true" and fmt(12) == "12"
     assert fmt(list(range(20))).endswith("… (4 more)")
     assert fmt({"a": 1.23456}) == "a: 1.235"
+
+
+def _ids(page: str) -> set[str]:
+    return set(re.findall(r'\bid="([^"]+)"', page))
+
+
+def test_header_says_what_was_checked_and_with_what(run: Run) -> None:
+    from importlib import metadata
+
+    result = _result(run.checkpoint.path)
+    inputs = [{**result.metadata["inputs"][0], "bytes": 179024, "fingerprint": "sha256-ends:ab12"}]
+    inputs.append(
+        {"role": "split", "name": "val", "path": "val.npz", "kind": "image", "samples": 9}
+    )
+    page = html_report.render(
+        Result(result.findings, metadata={**result.metadata, "inputs": inputs})
+    )
+    assert "174.8 KiB (179,024 bytes)" in page
+    assert '<td class="mono break">sha256-ends:ab12</td>' in page
+    assert "<td>split val</td>" in page and "9 samples" in page and "<td>image</td>" in page
+    assert f"Python {sys.version.split()[0]}" in page
+    assert f"torch {metadata.version('torch')}" in page
+    assert "Checked 2025-01-01T12:00:00Z" in page
+
+
+def test_versions_never_import_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    assert ("torch", "not installed") in html_report._versions()
+    code = (
+        "import sys; from diag.model import Result; from diag.reports import html; "
+        "html.render(Result(())); assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_filters_are_checkboxes_and_the_stylesheet_does_not_depend_on_the_result(
+    page: str,
+) -> None:
+    assert '<input type="checkbox" id="filter-error" checked>' in page
+    assert '<input type="checkbox" id="filter-warning" checked>' in page
+    assert 'id="filter-info"' not in page  # no info findings: no switch for them
+    assert '<input type="checkbox" id="filter-group-1" checked> params (2)' in page
+    assert page.count('<div class="rule error g1">') == 1
+    assert "<form" not in page  # nothing to submit; the CSP forbids it anyway
+    empty = html_report.render(Result(()))
+    style = re.compile(r"<style>(.*?)</style>", re.S)
+    assert style.findall(page) == style.findall(empty)  # one CSS, so one hash for every page
+    assert 'class="filters"' not in empty  # no findings: nothing to filter
+
+
+def test_groups_past_the_last_filter_slot_share_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(html_report, "GROUP_SLOTS", 2)
+    findings = tuple(
+        Finding("m", Location("a", "o"), {}, Severity.INFO, f"rule-{g}", g) for g in "abcd"
+    )
+    page = html_report.render(Result(findings))
+    assert 'id="filter-group-1" checked> a (1)' in page
+    assert 'id="filter-group-2" checked> other groups (3)' in page
+    assert 'id="filter-group-3"' not in page
+    assert page.count('<div class="rule info g2">') == 3
+
+
+def test_findings_and_their_pictures_link_both_ways(page: str) -> None:
+    ids = _ids(page)
+    for target in re.findall(r'href="#([^"]+)"', page):
+        assert target in ids, f"link to missing #{target}"
+    noisy = re.search(r'<article class="finding" id="finding-2">.*?</article>', page, re.S)
+    assert noisy is not None
+    assert '<a href="#kernels">first-layer kernels</a>' in noisy.group(0)
+    assert '<a href="#tensor-1">layer table</a>' in noisy.group(0)
+    kernels = page.split('<section id="kernels">')[1].split("</section>")[0]
+    assert '<a href="#finding-2">noisy-kernels</a>' in kernels
+
+
+def test_known_findings_are_marked() -> None:
+    finding = Finding("m", Location("a", "o"), {}, Severity.ERROR, "r", "g", known=True)
+    metadata = {"baseline": {"path": "b.json", "known": 1, "new": 0}}
+    page = html_report.render(Result((finding,), metadata=metadata))
+    assert "known · in the baseline" in page
+    assert "1 known from the baseline, 0 new" in page

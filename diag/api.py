@@ -285,7 +285,20 @@ def _inputs(run: Any) -> list[dict[str, Any]]:
         if log.notes:
             entry["notes"] = list(log.notes)
         out.append(entry)
-    return out + _split_inputs(run)
+    return out + _split_inputs(run) + _probe_inputs(run)
+
+
+def _probe_inputs(run: Any) -> list[dict[str, Any]]:
+    probe = getattr(run, "probe", None)
+    if probe is None:
+        return []
+    batch: dict[str, Any] = {"role": "batch", "path": probe.batch_path, "samples": probe.batch_size}
+    if Path(probe.batch_path).is_file():
+        batch["bytes"] = Path(probe.batch_path).stat().st_size
+        batch["fingerprint"] = quick_fingerprint(Path(probe.batch_path))
+    model = {"role": "model", "path": probe.source, "format": "python factory"}
+    model["loss"] = probe.loss_name
+    return [model, batch]
 
 
 def _split_inputs(run: Any) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from diag import __version__
@@ -31,7 +32,7 @@ def finding_dict(f: Finding) -> dict[str, Any]:
         "severity": f.severity.label if f.severity else None,
         "message": f.message,
         "location": f.location.to_dict(),
-        "evidence": {k: _plain(v) for k, v in f.evidence.items()},
+        "evidence": {k: plain(v) for k, v in f.evidence.items()},
         "fingerprint": f.fingerprint,
     }
     if f.known:
@@ -39,15 +40,23 @@ def finding_dict(f: Finding) -> dict[str, Any]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    # JSON has no NaN/inf: spell them as strings rather than emit invalid JSON.
+def plain(value: Any) -> Any:
+    """Evidence as JSON: numpy scalars as numbers; NaN and infinities as strings, since
+    JSON has none and `allow_nan=False` refuses to emit invalid JSON."""
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, list | tuple):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def render(result: Result, run: Any = None) -> str:

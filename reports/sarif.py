@@ -8,7 +8,6 @@ each result is anchored on a committed text file that names the artifact (see `A
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from urllib.parse import quote
 from diag import __version__
 from diag.model import Finding, Result, Severity
 from diag.registry import DOC_SECTIONS, RuleSpec
+from diag.reports.json import plain
 
 SCHEMA_URI = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -132,24 +132,6 @@ def _unknown_rule(name: str, group: str) -> dict[str, Any]:
         "help": {"text": name},
         "properties": {"tags": [group] if group else []},
     }
-
-
-def plain(value: Any) -> Any:
-    """Evidence as JSON: numpy scalars as numbers, NaN and infinities as strings."""
-    if hasattr(value, "item") and callable(value.item) and not isinstance(value, list | tuple):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def located_message(finding: Finding) -> str:

@@ -67,19 +67,31 @@ def _train_at(train: Curve, steps: np.ndarray) -> np.ndarray:
     """The training loss over the stretch that ends at each step (an epoch's mean).
 
     Per-step training losses are noisy; what compares with an evaluation at step s is
-    the average since the previous evaluation.
+    the average since the previous evaluation (or, with no training point in between, the
+    last one before s). Both curves' steps increase, so one cumulative sum and a binary
+    search per evaluation do it: linear in the log's length, not evaluations x steps.
     """
+    hi = np.searchsorted(train.steps, steps, side="right")  # training points at or before s
+    lo = np.concatenate([[0], hi[:-1]])  # ... and at or before the previous evaluation
+    total = np.concatenate([[0.0], np.cumsum(train.values, dtype=np.float64)])
     out = np.full(len(steps), np.nan)
-    prev = -np.inf
-    for i, s in enumerate(steps):
-        mask = (train.steps > prev) & (train.steps <= s)
-        if mask.any():
-            out[i] = float(np.mean(train.values[mask]))
-        else:
-            before = np.nonzero(train.steps <= s)[0]
-            if before.size:
-                out[i] = float(train.values[before[-1]])
-        prev = s
+    between = hi > lo
+    out[between] = (total[hi[between]] - total[lo[between]]) / (hi - lo)[between]
+    last = ~between & (hi > 0)
+    out[last] = train.values[hi[last] - 1]
+    return out
+
+
+def _trailing_median(x: np.ndarray, window: int, block: int = 65_536) -> np.ndarray:
+    """Median of the `window` points before each point (NaN for the first `window`).
+
+    Computed in blocks so that a million-step log never materialises all its windows.
+    """
+    out = np.full(len(x), np.nan)
+    for start in range(window, len(x), block):
+        stop = min(len(x), start + block)
+        views = np.lib.stride_tricks.sliding_window_view(x[start - window : stop - 1], window)
+        out[start:stop] = np.median(views, axis=1)
     return out
 
 
@@ -355,9 +367,7 @@ def loss_spikes(
         scale = abs(float(np.median(x[:3])))  # about the loss before training moved it
         if scale == 0:
             continue
-        base = np.full(n, np.nan)
-        windows = np.lib.stride_tricks.sliding_window_view(x, window)[:-1]
-        base[window:] = np.median(windows, axis=1)
+        base = _trailing_median(x, window)
         with np.errstate(invalid="ignore"):
             spike = (x > base * factor) & (x - base > min_jump_of_start * scale) & (base > 0)
         idx = np.nonzero(spike)[0]

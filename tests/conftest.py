@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]
         paths["accuracy"] = trained.val_accuracy  # type: ignore[assignment]
         out[name] = paths
     return out
+
+
+@pytest.fixture
+def preadv_offsets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file offsets of every os.preadv call from now on: proves what is read, when."""
+    offsets: list[int] = []
+    real = os.preadv
+
+    def counting(fd: int, buffers: list, offset: int) -> int:
+        offsets.append(offset)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    return offsets

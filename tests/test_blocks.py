@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +85,14 @@ def _planted_matrix() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["torch", "safetensors"])
-def test_duplicates_across_blocks_are_confirmed_on_the_file(tmp_path, fmt, monkeypatch):
+def test_duplicates_across_blocks_are_confirmed_on_the_file(
+    tmp_path, fmt, monkeypatch, preadv_offsets
+):
     state = {"fc.weight": _planted_matrix(), "fc.bias": torch.zeros(40)}
     path = tmp_path / ("m.pt" if fmt == "torch" else "m.safetensors")
     torch.save(state, path) if fmt == "torch" else save_file(state, str(path))
     monkeypatch.setattr(blocks, "BLOCK_BYTES", 3 * 24 * 4)  # three rows per block
-    reads = []
-    real_preadv = os.preadv
-    monkeypatch.setattr(
-        os, "preadv", lambda fd, bufs, off: reads.append(off) or real_preadv(fd, bufs, off)
-    )
+    reads = preadv_offsets
     stats = _prepared(path, None).checkpoint.stats["fc.weight"]  # type: ignore[union-attr]
     assert len(reads) >= 40 // 3  # really read block by block (plus the confirmations)
     assert stats.duplicate_groups == ((2, 17, 31),)

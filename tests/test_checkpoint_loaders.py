@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -373,17 +372,10 @@ def test_folder_holding_model_safetensors(tmp_path, state):
     assert torch.equal(ckpt.table.read("fc.weight"), state["fc.weight"])
 
 
-def test_safetensors_opening_reads_no_tensor_data(tmp_path, monkeypatch, state):
+def test_safetensors_opening_reads_no_tensor_data(tmp_path, preadv_offsets, state):
     path = tmp_path / "lazy.safetensors"
     save_file(dict(state), path)
-    reads = []
-    real_preadv = os.preadv
-
-    def counting_preadv(fd, buffers, offset):
-        reads.append(offset)
-        return real_preadv(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "preadv", counting_preadv)
+    reads = preadv_offsets
     ckpt = open_checkpoint(path)
     assert len(ckpt.table.infos()) == len(state)
     assert reads == []  # header parsed by hand, data untouched
@@ -391,17 +383,10 @@ def test_safetensors_opening_reads_no_tensor_data(tmp_path, monkeypatch, state):
     assert len(reads) == 1
 
 
-def test_torch_zip_opening_reads_no_tensor_data(tmp_path, monkeypatch, state):
+def test_torch_zip_opening_reads_no_tensor_data(tmp_path, preadv_offsets, state):
     path = tmp_path / "lazy.pt"
     torch.save(state, path)
-    reads = []
-    real_preadv = os.preadv
-
-    def counting_preadv(fd, buffers, offset):
-        reads.append(offset)
-        return real_preadv(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "preadv", counting_preadv)
+    reads = preadv_offsets
     ckpt = open_checkpoint(path)
     assert [i.name for i in ckpt.table.infos()] == list(state)
     assert reads == []

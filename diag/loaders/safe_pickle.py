@@ -77,6 +77,8 @@ INERT_LOWERCASE = frozenset(
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 MAX_PLAIN_NODES = 10_000  # to_plain stops describing metadata after this many values
 EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+MEMO_SLACK = 1_000_000  # memo slots allowed beyond one per opcode: at most 16 MB of memo
 
 
 class CodeInPickle(Exception):
@@ -322,7 +324,7 @@ def restricted_loads(data: bytes) -> Any:
     if len(data) > MAX_PICKLE_BYTES:
         raise UnsupportedPickle(f"pickle of {len(data)} bytes is over the {MAX_PICKLE_BYTES} cap")
     try:
-        _refuse_extension_codes(data)
+        _prescan(data)
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except (CodeInPickle, UnsupportedPickle):
         raise
@@ -332,19 +334,24 @@ def restricted_loads(data: bytes) -> Any:
         raise UnsupportedPickle(f"malformed pickle ({type(exc).__name__}: {exc})") from None
 
 
-def _refuse_extension_codes(data: bytes) -> None:
-    """Refuse EXT1/EXT2/EXT4 (copyreg extension codes) before the C unpickler sees them.
+def _prescan(data: bytes) -> None:
+    """Refuse what the C unpickler would act on before any `find_class` could stop it.
 
-    The C unpickler answers an extension code from the process-wide
-    `copyreg._extension_cache` when it can, without calling `find_class`: a code that
-    ordinary unpickling resolved earlier would hand over the real function. torch never
-    writes these opcodes. Malformed streams raise ValueError, reported as malformed.
+    - EXT1/EXT2/EXT4 (copyreg extension codes): the C unpickler answers one from the
+      process-wide `copyreg._extension_cache` when it can, without calling `find_class`,
+      so a code that ordinary unpickling resolved earlier would hand over the real
+      function. torch never writes these opcodes.
+    - A memo index far beyond the number of opcodes: the C unpickler grows its memo array
+      to twice the index and zeroes it, so `LONG_BINPUT 0x58000000` alone allocates 24 GB
+      (found by fuzzing). Picklers number memo slots from 0, one per PUT.
+
+    Malformed streams raise ValueError, reported as malformed.
     """
-    if not any(op in data for op in (pickle.EXT1, pickle.EXT2, pickle.EXT4)):
-        return
-    for opcode, _arg, _pos in pickletools.genops(data):
+    for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
         if opcode.name in EXTENSION_OPCODES:
             raise UnsupportedPickle("the pickle uses copyreg extension codes (EXT opcodes)")
+        if opcode.name in MEMO_OPCODES and int(arg) > MEMO_SLACK + count:
+            raise UnsupportedPickle(f"memo index {arg} is out of range for the pickle's size")
 
 
 def to_plain(value: Any, depth: int = 0, _budget: list[int] | None = None) -> Any:

@@ -64,6 +64,10 @@ class TorchZip:
                 data = zf.read(pkl)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
             raise InputError(path, f"corrupt or truncated zip archive ({exc})") from None
+        except UnicodeDecodeError:  # an entry flagged UTF-8 whose name is not (found by fuzzing)
+            raise InputError(path, "corrupt zip archive (an entry name is not UTF-8)") from None
+        except ValueError as exc:
+            raise InputError(path, f"corrupt zip archive ({exc})") from None
         except (RuntimeError, NotImplementedError) as exc:
             raise InputError(path, f"unreadable zip archive ({exc})") from None
         self._entries = names

@@ -1,0 +1,16 @@
+"""Fuzz the ONNX initializer reader (embedded data, op hints), then every params rule and report."""
+
+from __future__ import annotations
+
+from _common import check_and_render, fuzz, load_diag, scratch_file
+
+load_diag()
+
+
+def one_input(data: bytes) -> None:
+    path = scratch_file("model.onnx", data)
+    check_and_render(checkpoint=str(path))
+
+
+if __name__ == "__main__":
+    fuzz(one_input)

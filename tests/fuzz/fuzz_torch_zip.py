@@ -1,0 +1,19 @@
+"""Fuzz torch.save files: the zip reader, the restricted unpickler, the optimizer state.
+
+Then every params rule and report.
+"""
+
+from __future__ import annotations
+
+from _common import check_and_render, fuzz, load_diag, scratch_file
+
+load_diag()
+
+
+def one_input(data: bytes) -> None:
+    path = scratch_file("model.pt", data)
+    check_and_render(checkpoint=str(path))
+
+
+if __name__ == "__main__":
+    fuzz(one_input)

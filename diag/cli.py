@@ -114,6 +114,9 @@ def cli() -> None:
 @click.option(
     "--config", "config_path", metavar="PATH", help="Config file (default: nearest pyproject.toml)."
 )
+@click.option(
+    "--isolated", is_flag=True, help="Ignore every config file: only the flags given count."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def check(
     checkpoint: str | None,
@@ -137,15 +140,18 @@ def check(
     html_path: str | None,
     fail_on: str | None,
     config_path: str | None,
+    isolated: bool,
     quiet: bool,
 ) -> None:
     """Check what a training run left behind: its checkpoint, initial weights and logs."""
     from diag.api import CheckOptions, run_check
 
     try:
-        from diag.config import load_config
+        from diag.config import Config, load_config
 
-        config = load_config(config_path)
+        if isolated and config_path:
+            raise UsageError("--isolated ignores config files: it cannot go with --config")
+        config = Config() if isolated else load_config(config_path)
         options = CheckOptions(
             checkpoint=checkpoint or config.get("checkpoint"),
             init=init_path or config.get("init"),

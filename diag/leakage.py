@@ -51,6 +51,7 @@ BANDS = 20  # 20 bands of 6 rows: P(candidate) = 0.998 at Jaccard 0.8, 0.014 at 
 SCALE_SAMPLE = 2000  # queries per split for the median nearest-neighbour distance
 FLAT_LIMIT = 20_000  # below this an exact flat index is both fast and exact
 MAX_EXACT_PAIRS = 1_000_000  # listed pairs; counts stay exact beyond it
+BUCKET_LEFT = 256  # LSH bucket members each text is paired with
 EXACT, NEAR = "exact", "near"
 
 
@@ -360,10 +361,11 @@ def exact_pairs(a: SplitDigest, b: SplitDigest, *, max_pairs: int = MAX_EXACT_PA
         if listed >= max_pairs:
             break
         members = order[starts[r] : ends[r]]
-        grid = np.stack(
-            np.meshgrid(members[members < len(a)], members[members >= len(a)] - len(a)),
-            axis=-1,
-        ).reshape(-1, 2)
+        in_a, in_b = members[members < len(a)], members[members >= len(a)] - len(a)
+        # Only the rows still to be listed: the whole grid of a big group of identical
+        # samples is n_a * n_b pairs (20,000 zeros a side took 12 GB before).
+        rows = min(len(in_a), -(-(max_pairs - listed) // len(in_b)))
+        grid = np.stack([np.repeat(in_a[:rows], len(in_b)), np.tile(in_b, rows)], axis=1)
         out.append(grid[: max_pairs - listed])
         listed += len(out[-1])
     pairs = np.concatenate(out).astype(np.int64)
@@ -402,6 +404,26 @@ def _search(index, queries: np.ndarray, k: int) -> np.ndarray:
     """(n, k) neighbour ids, -1 where the index has fewer than k entries."""
     k = max(1, min(k, index.ntotal))
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+
+def _representatives(d: SplitDigest) -> np.ndarray | None:
+    """Sorted index of one sample per run of identical samples, or None when all differ.
+
+    Only these go into a near-copy index: exact copies are reported as exact, and a big run
+    of identical vectors makes HNSW degenerate (20,000 identical images took 18 s to index,
+    200,000 would take hours) and fills every neighbour list with copies of one sample.
+    """
+    if "representatives" not in d.cache:
+        order, starts = _sorted_runs(d.hashes)
+        d.cache["representatives"] = np.sort(order[starts]) if len(starts) < len(d) else None
+    return d.cache["representatives"]
+
+
+def _to_samples(ids: np.ndarray, reps: np.ndarray | None) -> np.ndarray:
+    """Index ids (over representatives) as sample indices; -1 (no neighbour) stays."""
+    if reps is None:
+        return ids
+    return np.where(ids >= 0, reps[np.maximum(ids, 0)], -1)
 
 
 def _pairs_from(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -602,12 +624,17 @@ class _ImageSpace:
     def index(self, side: int) -> list:
         d = self.digests[side]
         if "image_index" not in d.cache:
-            d.cache["image_index"] = [_build_index(_image_sketch(d.records.astype(np.float32)))]
+            reps = _representatives(d)
+            records = d.records if reps is None else d.records[reps]
+            d.cache["image_index"] = [_build_index(_image_sketch(records.astype(np.float32)))]
         return d.cache["image_index"]
 
     def candidates(self, q: int, t: int, rows: np.ndarray, k: int) -> np.ndarray:
         found = _image_candidates(self.digests[q].records[rows], self.index(t)[0], self.radius, k)
-        return np.stack([rows[found[:, 0]], found[:, 1]], axis=1) if len(found) else found
+        if not len(found):
+            return found
+        ids = _to_samples(found[:, 1], _representatives(self.digests[t]))
+        return np.stack([rows[found[:, 0]], ids], axis=1)
 
     def distance(self, q: int, t: int, pairs: np.ndarray) -> np.ndarray:
         ta, tb = self.digests[q].records, self.digests[t].records
@@ -645,13 +672,17 @@ class _TableSpace:
 
     def index(self, side: int) -> list:
         if side not in self._indexes:
-            self._indexes[side] = [_build_index(v) for v in self._views(self.rows[side])]
+            reps = _representatives(self.digests[side])
+            rows = self.rows[side] if reps is None else self.rows[side][reps]
+            self._indexes[side] = [_build_index(v) for v in self._views(rows)]
         return self._indexes[side]
 
     def candidates(self, q: int, t: int, rows: np.ndarray, k: int) -> np.ndarray:
         views = self._views(self.rows[q][rows])
+        reps = _representatives(self.digests[t])
         parts = [
-            _pairs_from(rows, _search(ix, v, k)) for ix, v in zip(self.index(t), views, strict=True)
+            _pairs_from(rows, _to_samples(_search(ix, v, k), reps))
+            for ix, v in zip(self.index(t), views, strict=True)
         ]
         return _unique_pairs(parts)
 
@@ -787,7 +818,11 @@ def _bucket_pairs(ka: np.ndarray, kb: np.ndarray, same: bool) -> np.ndarray:
         left = members if same else members[members < len(ka)]
         right = members if same else members[members >= len(ka)] - len(ka)
         if len(left) and len(right):
-            parts.append(np.stack(np.meshgrid(left, right), axis=-1).reshape(-1, 2))
+            # A templated text shares a band with thousands of others; pairing each with
+            # the first BUCKET_LEFT of them finds a copy without a quadratic candidate list.
+            left = left[:BUCKET_LEFT]
+            pairs = np.stack([np.tile(left, len(right)), np.repeat(right, len(left))], axis=1)
+            parts.append(pairs)
     return _unique_pairs(parts)
 
 
@@ -802,13 +837,19 @@ def _text_near(
     a: SplitDigest, b: SplitDigest, threshold: float, progress: Progress | None
 ) -> list[LeakPair]:
     same = a is b
-    keys_a, keys_b = _band_keys(a.records), _band_keys(b.records)
+    # One text per run of identical ones: exact copies are reported as exact.
+    ra, rb = _representatives(a), _representatives(b)
+    ia = np.arange(len(a)) if ra is None else ra
+    ib = np.arange(len(b)) if rb is None else rb
+    keys_a, keys_b = _band_keys(a.records[ia]), _band_keys(b.records[ib])
     parts = []
     for band in range(BANDS):
         parts.append(_bucket_pairs(keys_a[:, band], keys_b[:, band], same))
         if progress is not None:
             progress(band + 1, BANDS)
     pairs = _unique_pairs(parts)
+    if len(pairs):
+        pairs = np.stack([ia[pairs[:, 0]], ib[pairs[:, 1]]], axis=1)
     if same and len(pairs):
         pairs = _unique_pairs([np.sort(pairs, axis=1)])
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]

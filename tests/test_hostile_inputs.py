@@ -1,9 +1,10 @@
 """Hostile and broken checkpoints: refused through the real CLI, one clean line, nothing run.
 
-Every file is built here from scratch. Each case runs `python -m diag check FILE` in a
-subprocess under a memory cap and a timeout, and asserts exit code 2, exactly one stderr
-line `diag: error: <file>: <cause>`, no traceback, empty stdout, and (for payloads) that the
-marker file the payload would create does not exist.
+Every file is built here from scratch. Each case runs `diag check FILE` in the audited
+sandbox (hostile_sandbox.py: memory and time caps, every open and spawn logged) and asserts
+exit code 2, exactly one stderr line `diag: error: <file>: <cause>`, no traceback, empty
+stdout, nothing read outside the checkpoint's folder, nothing started, and (for payloads)
+that the marker file the payload would create does not exist.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import json
 import os
 import pickle
 import random
-import resource
 import struct
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import helpers_pickles as hp
+import hostile_sandbox as hs
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -35,46 +35,21 @@ from diag.loaders.safe_pickle import (
     to_plain,
 )
 
-TESTS = Path(__file__).parent
-MEMORY_CAP = 2 * 1024**3
 RUNS_CODE = "loading it would run code"
 
 
-def _limits() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
-def run_cli(
-    path: Path, cwd: Path, *options: str, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DIAG_DEBUG"}
-    env["PYTHONPATH"] = str(TESTS)  # a naive loader could import helpers_pickles' payloads
-    return subprocess.run(
-        [sys.executable, "-m", "diag", "check", str(path), *options],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
-        preexec_fn=_limits,
-    )
+def run_cli(path: Path, cwd: Path, *options: str, timeout: float = 60) -> hs.Outcome:
+    """The CLI in the audited sandbox; the invariants of every run are checked here, with
+    the checkpoint's folder as the only input folder."""
+    outcome = hs.run_diag([str(path), *options], cwd=cwd, timeout=timeout)
+    hs.check_invariants(outcome, allowed=[path.parent])
+    return outcome
 
 
 def assert_refused(path: Path, *fragments: str, marker: Path | None = None) -> str:
     """Exit 2, one `diag: error: <file>: ...` line naming the file, nothing else; returns it."""
-    proc = run_cli(path, cwd=path.parent if path.parent.exists() else Path.cwd())
-    shown = f"exit {proc.returncode}\nstdout: {proc.stdout!r}\nstderr: {proc.stderr!r}"
-    assert proc.returncode == 2, shown
-    assert proc.stdout == "", shown
-    assert "Traceback" not in proc.stderr, shown
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, shown
-    line = lines[0]
-    assert line.startswith("diag: error: "), shown
-    assert path.name in line, shown
-    assert "internal error" not in line, shown
-    for fragment in fragments:
-        assert fragment in line, shown
+    outcome = run_cli(path, cwd=path.parent if path.parent.exists() else Path.cwd())
+    line = hs.check_refused(outcome, path.name, *fragments)
     if marker is not None:
         assert not marker.exists(), f"the payload ran: {marker} exists"
     return line
@@ -293,9 +268,8 @@ def test_shared_state_dict_keys_do_not_explode(tmp_path):
 
 def assert_checked(path: Path, *options: str) -> None:
     """The CLI finishes (exit 0 or 1) within the timeout and the memory cap, no traceback."""
-    proc = run_cli(path, path.parent, *options, timeout=30)
-    assert proc.returncode in (0, 1), proc.stderr
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    outcome = run_cli(path, path.parent, *options, timeout=30)
+    assert outcome.returncode in (0, 1), outcome.shown()
 
 
 def test_shared_nested_dicts_of_tensors_do_not_explode(tmp_path):
@@ -566,6 +540,14 @@ def test_deep_nesting_is_a_clean_error():
 def test_malformed_pickles_are_a_clean_error(data):
     with pytest.raises(UnsupportedPickle):
         restricted_loads(data)
+
+
+def test_huge_memo_index_is_refused_before_the_memo_grows():
+    # The C unpickler sizes its memo to twice the index and zeroes it: 24 GB here (fuzzing).
+    data = b"\x80\x02]r" + struct.pack("<I", 0x58000000) + b"."
+    with pytest.raises(UnsupportedPickle, match="memo index 1476395008 is out of range"):
+        restricted_loads(data)
+    assert restricted_loads(b"\x80\x02]r" + struct.pack("<I", 200_000) + b".") == []
 
 
 def test_persistent_ids_other_than_storages_are_refused():

@@ -33,6 +33,7 @@ import stat
 import struct
 import warnings
 import zipfile
+import zlib
 from array import array
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ MAX_IMAGE_FILES = 5_000_000
 MAX_IMAGE_PIXELS = 89_478_485
 # A compressed .npz member is inflated whole; a 1 KiB member can declare terabytes.
 MAX_INFLATED_BYTES = 2 * 1024**3
+CRC_CHUNK = 4 * 1024 * 1024
 # csv reads a line at a time; a file without newlines would otherwise be read whole.
 MAX_LINE_BYTES = 16 * 1024**2
 MAX_ZIP_ENTRIES = 100_000
@@ -360,7 +362,30 @@ def _stored_member(path: Path, array_name: str, info: zipfile.ZipInfo) -> _Membe
         raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
     end = min(start + info.file_size, size)
     _check_fits(path, array_name, shape, dtype, end - offset)
+    _check_crc(path, array_name, info, start)
     return _Member(array_name, shape, dtype, _mapped(path, dtype, shape, offset, fortran))
+
+
+def _check_crc(path: Path, array_name: str, info: zipfile.ZipInfo, start: int) -> None:
+    """A stored member is mapped, so zipfile never checks its CRC: check it here, in one
+    sequential pass (about 1 GB/s, and it warms the page cache for the read that follows)."""
+    crc, left, pos = 0, info.file_size, start
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while left > 0:
+                chunk = os.pread(fd, min(left, CRC_CHUNK), pos)
+                if not chunk:
+                    raise InputError(path, f"truncated: array {array_name!r} ends early")
+                crc = zlib.crc32(chunk, crc)
+                left -= len(chunk)
+                pos += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
+    if crc != info.CRC:
+        raise InputError(path, f"corrupt .npz archive: array {array_name!r} fails its CRC-32 check")
 
 
 def _compressed_member(path: Path, array_name: str, info: zipfile.ZipInfo) -> _Member:

@@ -279,6 +279,7 @@ def _inputs(run: Any) -> list[dict[str, Any]]:
         if log.run.run:
             entry["run"] = log.run.run
         entry["series"] = len(log.curves)
+        entry["points"] = sum(len(c.steps) for c in log.curves.values())
         entry["roles"] = dict(log.roles)
         if log.tests:
             entry["test_series"] = list(log.tests)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from diag.errors import DiagError
 from diag.model import Finding, Result, RuleError, Skipped
 from diag.registry import RuleSpec
 from diag.run import MISSING_REASONS, Run
@@ -49,7 +50,15 @@ def _run_one(
     errors: list[RuleError],
     timings: dict[str, float],
 ) -> None:
-    missing = [n for n in spec.needs if not run.available(n)]
+    try:
+        missing = [n for n in spec.needs if not run.available(n)]
+    except DiagError:
+        raise
+    except Exception as exc:  # computing an input failed: this rule cannot run
+        errors.append(
+            RuleError(spec.name, f"preparing its input failed: {type(exc).__name__}: {exc}")
+        )
+        return
     if missing:
         skipped.append(Skipped(spec.name, MISSING_REASONS.get(missing[0], f"needs {missing[0]}")))
         return

@@ -19,7 +19,7 @@ import hashlib
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -50,6 +50,9 @@ NUM_PERM = 120
 BANDS = 20  # 20 bands of 6 rows: P(candidate) = 0.998 at Jaccard 0.8, 0.014 at 0.3
 SCALE_SAMPLE = 2000  # queries per split for the median nearest-neighbour distance
 FLAT_LIMIT = 20_000  # below this an exact flat index is both fast and exact
+IVF_MAX_CELLS = 4096  # cells of the inverted file above FLAT_LIMIT (about 2 sqrt(n))
+IVF_PROBES = 8  # cells searched per query
+STATS_ROWS = 65536  # rows (or pairs) per block of table arithmetic
 MAX_EXACT_PAIRS = 1_000_000  # listed pairs; counts stay exact beyond it
 BUCKET_LEFT = 256  # LSH bucket members each text is paired with
 EXACT, NEAR = "exact", "near"
@@ -131,6 +134,9 @@ def _hash_rows(rows: np.ndarray, person: bytes) -> np.ndarray:
     1 KB): rows are sliced from one memoryview, so no Python object per value."""
     rows = np.ascontiguousarray(rows)
     width = rows.shape[1] * rows.itemsize
+    if width == 0:  # a table with no numeric column (found by fuzzing): all rows hash alike
+        empty = _digest16(b"", person)
+        return np.frombuffer(empty * len(rows), dtype=np.uint64).reshape(-1, 2).copy()
     buf = memoryview(rows).cast("B")
     h = hashlib.blake2b
     starts = range(0, len(rows) * width, width)
@@ -387,17 +393,29 @@ def exact_groups(d: SplitDigest) -> list[np.ndarray]:
 
 
 def _build_index(vectors: np.ndarray):  # -> faiss.Index
+    """Exact below FLAT_LIMIT; above it an inverted file of about sqrt(n) cells.
+
+    Near copies sit far closer than any natural neighbour, so the cell of a sample and its
+    IVF_PROBES nearest cells hold its copies; the inverted file adds 1M rows in seconds
+    where HNSW took minutes (and degenerated on runs of identical vectors).
+    """
     import faiss  # lazy: `diag --help` must not pay for it
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(x) <= FLAT_LIMIT:
         index = faiss.IndexFlatL2(x.shape[1])
-    else:
-        index = faiss.IndexHNSWFlat(x.shape[1], 32)
-        index.hnsw.efConstruction = 64
-        index.hnsw.efSearch = 96
+        index.add(x)
+        return index
+    cells = int(min(IVF_MAX_CELLS, round(2 * math.sqrt(len(x)))))
+    quantizer = faiss.IndexFlatL2(x.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], cells)
+    index.cp.seed = 0
+    # 40 training points per cell: faiss's own minimum is 39 (it warns on stderr below it).
+    sample = np.random.default_rng(0).choice(len(x), min(len(x), 40 * cells), replace=False)
+    index.train(x[np.sort(sample)])
     index.add(x)
-    return index
+    index.nprobe = IVF_PROBES
+    return index  # faiss's wrapper keeps a reference to the quantizer
 
 
 def _search(index, queries: np.ndarray, k: int) -> np.ndarray:
@@ -432,10 +450,15 @@ def _pairs_from(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _unique_pairs(parts: Iterable[np.ndarray]) -> np.ndarray:
+    """The distinct (i, j) rows, sorted. One int64 key per pair: np.unique(axis=0) sorts
+    rows as void records, 40x slower on the millions of candidates of a big split."""
     chunks = [p for p in parts if len(p)]
     if not chunks:
         return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(chunks), axis=0)
+    pairs = np.concatenate(chunks).astype(np.int64)
+    width = int(pairs[:, 1].max()) + 1
+    keys = np.unique(pairs[:, 0] * width + pairs[:, 1])
+    return np.stack([keys // width, keys % width], axis=1)
 
 
 # --------------------------------------------------------------------------- images
@@ -641,6 +664,35 @@ class _ImageSpace:
         return _image_distances(ta, tb, pairs, self.radius, self.refine)
 
 
+def _column_stats(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation over the rows of all parts, NaN skipped, in
+    blocks (np.nanstd of a million rows makes several full-size copies). Sums are taken
+    around each column's first value, so a column like 1.7e9 +- 100 keeps its digits."""
+    width = parts[0].shape[1] if parts and parts[0].ndim == 2 else 0
+    count, total, squares = np.zeros(width), np.zeros(width), np.zeros(width)
+    pivot = None
+    for x in parts:
+        for s in range(0, len(x), STATS_ROWS):
+            block = x[s : s + STATS_ROWS].astype(np.float64)
+            if pivot is None:
+                first = np.where(np.isnan(block), np.inf, 0).argmin(axis=0)
+                pivot = np.nan_to_num(block[first, np.arange(width)], posinf=0.0, neginf=0.0)
+            ok = ~np.isnan(block)
+            with np.errstate(all="ignore"):
+                centred = np.where(ok, block - pivot, 0.0)
+                count += ok.sum(axis=0)
+                total += centred.sum(axis=0)
+                squares += (centred * centred).sum(axis=0)
+    if pivot is None:
+        return np.zeros(width), np.ones(width)
+    with np.errstate(all="ignore"):
+        shift = total / count
+        var = squares / count - shift * shift
+        mean = np.nan_to_num(pivot + shift)
+        spread = np.nan_to_num(np.sqrt(np.maximum(var, 0.0)))
+    return mean, spread
+
+
 class _TableSpace:
     """Rows scaled by pooled column spreads, compared up to a common factor per row.
 
@@ -652,23 +704,25 @@ class _TableSpace:
     def __init__(self, a: SplitDigest, b: SplitDigest) -> None:
         self.digests = (a, b)
         self.two_way = False
-        both = np.concatenate([a.records, b.records]) if a is not b else a.records
-        with np.errstate(all="ignore"):
-            mean = np.nan_to_num(np.nanmean(both, axis=0)) if len(both) else 0.0
-            spread = np.nan_to_num(np.nanstd(both, axis=0)) if len(both) else 1.0
+        mean, spread = _column_stats([a.records] if a is b else [a.records, b.records])
         self.scale = np.where(spread > 0, spread, 1.0).astype(np.float32)
-        self.mean = np.asarray(mean, dtype=np.float32)
+        self.mean = mean.astype(np.float32)
         self.rows = [self._scaled(d.records) for d in self.digests]
         self._indexes: dict[int, list] = {}
 
     def _scaled(self, x: np.ndarray) -> np.ndarray:
-        x = np.where(np.isnan(x), self.mean, x)  # a missing cell counts as the column mean
-        return (x / self.scale).astype(np.float32)
+        out = np.empty(x.shape, dtype=np.float32)
+        for s in range(0, len(x), STATS_ROWS):  # in blocks: no full-size temporaries
+            block = x[s : s + STATS_ROWS]
+            block = np.where(np.isnan(block), self.mean, block)  # missing: the column mean
+            out[s : s + STATS_ROWS] = block / self.scale
+        return out
 
-    def _views(self, x: np.ndarray) -> list[np.ndarray]:
-        # Standardised rows find rounded copies; directions find rescaled ones.
-        unit = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-        return [x - self.mean / self.scale, unit]
+    def _views(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        # Standardised rows find rounded copies; directions find rescaled ones. One at a
+        # time: each is as big as the split.
+        yield x - self.mean / self.scale
+        yield x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
     def index(self, side: int) -> list:
         if side not in self._indexes:
@@ -687,10 +741,14 @@ class _TableSpace:
         return _unique_pairs(parts)
 
     def distance(self, q: int, t: int, pairs: np.ndarray) -> np.ndarray:
-        a, b = self.rows[q][pairs[:, 0]], self.rows[t][pairs[:, 1]]
-        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-        sq = 2.0 * (na * nb - np.einsum("ij,ij->i", a, b)) / max(1, a.shape[1])
-        return np.sqrt(np.maximum(sq, 0.0))
+        out = np.empty(len(pairs), dtype=np.float64)
+        for s in range(0, len(pairs), STATS_ROWS):  # 1.6M candidates at once took 300 MB
+            p = pairs[s : s + STATS_ROWS]
+            a, b = self.rows[q][p[:, 0]], self.rows[t][p[:, 1]]
+            na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+            sq = 2.0 * (na * nb - np.einsum("ij,ij->i", a, b)) / max(1, a.shape[1])
+            out[s : s + len(p)] = np.sqrt(np.maximum(sq, 0.0))
+        return out
 
 
 def _space(a: SplitDigest, b: SplitDigest) -> _ImageSpace | _TableSpace:
@@ -755,6 +813,8 @@ def _space_pairs(
     """Candidate (i, j) of side 0 x side 1, in chunks so `progress` can follow."""
     n0, n1 = (len(d) for d in space.digests)
     jobs = [(0, 1, n0)] + ([(1, 0, n1)] if space.two_way and not self_pairs else [])
+    if not space.two_way and n1 < n0:
+        jobs = [(1, 0, n1)]  # one way is enough: ask with the smaller split, index the bigger
     total, done, parts = sum(j[2] for j in jobs), 0, []
     for q, t, n in jobs:
         for start in range(0, n, 8192):

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from diag.errors import DiagError
 from diag.loaders.blocks import Buffer, TensorSource
 from diag.loaders.checkpoint import Checkpoint
 from diag.loaders.logs.curves import TrainingLog
 from diag.loaders.splits.model import Split
+from diag.memory import give_back
 from diag.probe import Probe
 from diag.stats import (
     StatsAccumulator,
@@ -52,6 +54,7 @@ class Run:
     _gradients: Any = field(default=None, repr=False)
     _leakage: LeakageReport | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
+    _failed: dict[str, Exception] = field(default_factory=dict, repr=False)
 
     @property
     def initial(self) -> Checkpoint | None:
@@ -67,6 +70,7 @@ class Run:
         """Exact and near copies between and within the splits, computed on first use."""
         if self._leakage is None and self.splits:
             self._leakage = analyse_splits(self.splits, quiet=self.quiet)
+            give_back()
         return self._leakage
 
     @property
@@ -93,8 +97,29 @@ class Run:
         return self.probe if self.probe is not None and self.probe.initial is not None else None
 
     def available(self, name: str) -> bool:
-        """Whether an input is there; `a|b` asks for either."""
-        return any(getattr(self, n, None) is not None for n in name.split("|"))
+        """Whether an input is there; `a|b` asks for either.
+
+        Computing a lazy input (leakage, activations, gradients) may fail. An InputError is
+        the input's fault and ends the run; anything else is raised here for each rule that
+        needs the input (the engine reports it as that rule's error), computed only once.
+        Never `getattr(..., None)`: it would turn an AttributeError deep inside the
+        computation into "input missing" and skip the rules in silence.
+        """
+        for n in name.split("|"):
+            if n in self._failed:
+                raise self._failed[n]
+            if not hasattr(type(self), n) and n not in self.__dataclass_fields__:
+                continue  # an input this version of diag does not know
+            try:
+                value = getattr(self, n)
+            except DiagError:
+                raise
+            except Exception as exc:
+                self._failed[n] = exc
+                raise
+            if value is not None:
+                return True
+        return False
 
     def artifact(self, name: str) -> Any:
         return getattr(self, name)
@@ -142,6 +167,8 @@ class Run:
                 done += info.nbytes
                 if progress:
                     progress(done, total)
+        del final_buf, init_buf
+        give_back()
 
 
 @dataclass

@@ -112,7 +112,7 @@ def outside_reads(outcome: Outcome, allowed: list[Path]) -> list[str]:
     )
 
 
-def check_invariants(outcome: Outcome, allowed: list[Path]) -> None:
+def check_invariants(outcome: Outcome, allowed: list[Path], rss_cap_mb: float = RSS_CAP_MB) -> None:
     """What holds for every input: a clean exit, no traceback, nothing run, nothing read
     outside the inputs and outputs, memory under the cap."""
     shown = outcome.shown()
@@ -123,7 +123,7 @@ def check_invariants(outcome: Outcome, allowed: list[Path]) -> None:
     stray = outside_reads(outcome, allowed)
     assert stray == [], f"read outside the inputs: {stray[:10]}\n{shown}"
     assert outcome.peak_rss_mb is not None, f"the run did not finish normally\n{shown}"
-    assert outcome.peak_rss_mb < RSS_CAP_MB, f"peak RSS {outcome.peak_rss_mb:.0f} MB\n{shown}"
+    assert outcome.peak_rss_mb < rss_cap_mb, f"peak RSS {outcome.peak_rss_mb:.0f} MB\n{shown}"
 
 
 def check_refused(outcome: Outcome, name: str, *fragments: str) -> str:

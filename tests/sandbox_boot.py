@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import resource
 import runpy
 import sys
 
@@ -42,8 +41,11 @@ def _install(log_fd: int) -> None:
     sys.addaudithook(hook)
 
     def peak() -> None:
-        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        os.write(log_fd, f"peak_rss_kb\t{usage}\n".encode())
+        # VmHWM, not ru_maxrss: after fork+exec ru_maxrss starts at the parent's RSS, and
+        # the parent here is a pytest that may have trained models.
+        with open("/proc/self/status", encoding="ascii") as status:
+            hwm = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+        os.write(log_fd, f"peak_rss_kb\t{hwm}\n".encode())
 
     atexit.register(peak)
 

@@ -200,3 +200,26 @@ def test_zero_gradients_and_missing_gradients_from_adam_state(tmp_path):
     assert "only zero gradients" in found["zeroed.weight"].message
     assert "never received a gradient" in found["unused.weight"].message
     assert {f.severity.label for f in found.values()} == {"error"}
+
+
+def test_a_failing_lazy_input_is_an_error_of_each_rule_not_a_skip(monkeypatch) -> None:
+    """An AttributeError deep in the leakage analysis once made the three leakage rules
+    "skipped: needs --split" in silence (getattr with a default swallowed it)."""
+    import diag.run as run_module
+    from diag.engine import run_rules
+    from diag.registry import select_rules
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise AttributeError("deep inside the analysis")
+
+    monkeypatch.setattr(run_module, "analyse_splits", broken)
+    run = run_module.Run(splits={"train": object()})
+    specs = [s for s in select_rules(load_rules(), ["data"], []) if "leakage" in s.needs]
+    result = run_rules(run, specs)
+    assert sorted(e.rule for e in result.errors) == sorted(s.name for s in specs)
+    assert all("AttributeError: deep inside" in e.message for e in result.errors)
+    assert result.skipped == ()
+    assert calls == [1]  # computed once, its failure shared

@@ -274,6 +274,34 @@ def torch_zip_bad_crc_on_data_pkl(inp: Path, outside: Path, marker: Path) -> Cas
 
 
 @case
+def torch_zip_storage_bytes_corrupted(inp: Path, outside: Path, marker: Path) -> Case:
+    """One flipped bit inside a tensor's bytes: only the entry's CRC-32 can tell."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    torch.save({"conv.weight": torch.randn(64, 32, 3, 3, generator=g)}, inp / "model.pt")
+    data = bytearray((inp / "model.pt").read_bytes())
+    with zipfile.ZipFile(inp / "model.pt") as zf:
+        info = next(i for i in zf.infolist() if "/data/" in i.filename)
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + name_len + extra_len + 5000] ^= 0x01
+    (inp / "model.pt").write_bytes(bytes(data))
+    return Case(["model.pt"], "model.pt", ("CRC-32", "conv.weight"))
+
+
+@case
+def torch_zip_bad_crc_on_a_small_storage(inp: Path, outside: Path, marker: Path) -> Case:
+    """A tensor small enough to come as one block, with its recorded CRC changed."""
+    import torch
+
+    torch.save({"fc.bias": torch.arange(10.0)}, inp / "model.pt")
+    with zipfile.ZipFile(inp / "model.pt") as zf:
+        name = next(n for n in zf.namelist() if "/data/" in n)
+    _flip_crc(inp / "model.pt", name)
+    return Case(["model.pt"], "model.pt", ("CRC-32", "fc.bias"))
+
+
+@case
 def torch_zip_duplicate_data_pkl(inp: Path, outside: Path, marker: Path) -> Case:
     """Two data.pkl entries: a scanner could read one and a loader the other."""
     import torch

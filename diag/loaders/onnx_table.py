@@ -74,21 +74,29 @@ class _Collector:
     def graph(self, graph: GraphProto, scope: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise InputError(self.path, f"subgraphs nested deeper than {MAX_DEPTH} levels")
-        self.found.extend(_Found(t.name, scope, t) for t in graph.initializer)
+        self.found.extend(_Found(_text(t.name), scope, t) for t in graph.initializer)
         self.node_list(graph.node, scope, depth)
 
     def node_list(self, nodes: Iterable[NodeProto], scope: str, depth: int) -> None:
         for index, node in enumerate(nodes):
             self.nodes.append(node)
-            label = f"{scope}/{node.name or f'{node.op_type}_{index}'}".lstrip("/")
+            label = f"{scope}/{_text(node.name) or f'{_text(node.op_type)}_{index}'}".lstrip("/")
             for attr in node.attribute:
                 if attr.type == _ATTR_GRAPH:
-                    self.graph(attr.g, f"{label}.{attr.name}", depth + 1)
+                    self.graph(attr.g, f"{label}.{_text(attr.name)}", depth + 1)
                 elif attr.type == _ATTR_GRAPHS:
                     for k, sub in enumerate(attr.graphs):
-                        self.graph(sub, f"{label}.{attr.name}[{k}]", depth + 1)
+                        self.graph(sub, f"{label}.{_text(attr.name)}[{k}]", depth + 1)
                 elif _is_constant_value(node, attr.name, attr.type):
-                    self.found.append(_Found(node.output[0], scope, attr.t))
+                    self.found.append(_Found(_text(node.output[0]), scope, attr.t))
+
+
+def _text(value: str | bytes) -> str:
+    """ONNX is proto2: a string field holding invalid UTF-8 comes back as bytes (found by
+    fuzzing: it crashed the name handling downstream)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value
 
 
 def _is_constant_value(node: NodeProto, attr_name: str, attr_type: int) -> bool:

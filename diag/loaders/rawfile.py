@@ -74,3 +74,5 @@ class FileSpan:
     file: RawFile
     offset: int
     nbytes: int
+    # The CRC-32 these bytes must have, when they are exactly one zip entry (torch zips).
+    crc32: int | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +141,15 @@ class TorchZip:
         offset, span, numel = self._tensor_span(ref, name)
         if numel == 0 or ref.stride != _contiguous_stride(ref.size):
             return None
-        return FileSpan(self._file, offset, span)
+        return FileSpan(self._file, offset, span, self._entry_crc(ref, offset, span))
+
+    def _entry_crc(self, ref: TensorRef, offset: int, nbytes: int) -> int | None:
+        """The storage entry's CRC-32 when the tensor's bytes are the whole entry (the usual
+        state dict), so whoever reads them all can check it; else None."""
+        start, length = self._data_span(ref.storage)
+        if (offset, nbytes) != (start, length):
+            return None
+        return self._entries[f"{self.prefix}data/{ref.storage.key}"].CRC
 
     def read(self, ref: TensorRef, name: str) -> torch.Tensor:
         import torch
@@ -150,6 +159,9 @@ class TorchZip:
             return torch.empty(ref.size, dtype=getattr(torch, ref.dtype))
         buf = bytearray(span)
         self._file.readinto(offset, memoryview(buf), f"tensor {name!r}")
+        expected = self._entry_crc(ref, offset, span)
+        if expected is not None and zlib.crc32(buf) != expected:
+            raise InputError(self.path, crc_error(name))
         flat = torch.frombuffer(buf, dtype=getattr(torch, ref.dtype))
         if ref.stride == _contiguous_stride(ref.size):
             return flat[:numel].view(ref.size)
@@ -157,6 +169,10 @@ class TorchZip:
 
     def close(self) -> None:
         self._file.close()
+
+
+def crc_error(name: str) -> str:
+    return f"corrupt archive: the bytes of tensor {name!r} fail their zip CRC-32 check"
 
 
 def _contiguous_stride(size: tuple[int, ...]) -> tuple[int, ...]:

@@ -369,23 +369,23 @@ def _tb_case(path: Path, *fragments: str) -> Case:
     return Case(["--logs", str(path.relative_to(path.parent.parent))], path.name, fragments)
 
 
+def _flip_byte(path: Path, offset: int) -> Path:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
 @case
 def tb_bad_length_crc(inp: Path, outside: Path, marker: Path) -> Case:
-    path = _event_file(inp)
-    data = bytearray(path.read_bytes())
-    data[8] ^= 0xFF  # the first record's length CRC
-    path.write_bytes(bytes(data))
-    return _tb_case(path, "CRC")
+    return _tb_case(_flip_byte(_event_file(inp), 8), "CRC")  # the first record's length CRC
 
 
 @case
 def tb_bad_data_crc(inp: Path, outside: Path, marker: Path) -> Case:
     path = _event_file(inp)
-    data = bytearray(path.read_bytes())
-    (length,) = struct.unpack_from("<Q", data, 0)
-    data[12 + length] ^= 0xFF  # the first record's data CRC
-    path.write_bytes(bytes(data))
-    return _tb_case(path, "CRC")
+    (length,) = struct.unpack_from("<Q", path.read_bytes(), 0)
+    return _tb_case(_flip_byte(path, 12 + length), "CRC")  # the first record's data CRC
 
 
 @case

@@ -72,6 +72,8 @@ def _run_one(
             findings.append(
                 dataclasses.replace(found, rule=spec.name, group=spec.group, severity=severity)
             )
+    except DiagError:
+        raise  # an input found unreadable while a rule reads it (a CRC): the input's fault
     except Exception as exc:  # a broken rule is reported, and the other rules still run
         errors.append(RuleError(spec.name, f"{type(exc).__name__}: {exc}"))
     timings[spec.name] = round(time.perf_counter() - start, 6)

@@ -343,7 +343,7 @@ def stuck_parameter(
                     Severity.ERROR,
                 )
             elif p.exp_avg_sq is not None and opt.read is not None:
-                sq = opt.read(p.exp_avg_sq, name)
+                sq = opt.read(p.exp_avg_sq, f"{name} (optimizer exp_avg_sq)")
                 if sq.numel() and float(sq.abs().max()) == 0.0:
                     evidence["exp_avg_sq_max"] = 0.0
                     found[name] = (

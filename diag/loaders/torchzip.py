@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import InputError
+from diag.loaders.crc import crc32
 from diag.loaders.rawfile import FileSpan, RawFile
 from diag.loaders.safe_pickle import (
     CodeInPickle,
@@ -160,7 +160,7 @@ class TorchZip:
         buf = bytearray(span)
         self._file.readinto(offset, memoryview(buf), f"tensor {name!r}")
         expected = self._entry_crc(ref, offset, span)
-        if expected is not None and zlib.crc32(buf) != expected:
+        if expected is not None and crc32(buf) != expected:
             raise InputError(self.path, crc_error(name))
         flat = torch.frombuffer(buf, dtype=getattr(torch, ref.dtype))
         if ref.stride == _contiguous_stride(ref.size):

@@ -22,6 +22,7 @@ import os
 import pickle
 import struct
 import sys
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -254,7 +255,8 @@ def npz_bad_crc(inp: Path, outside: Path, marker: Path) -> Case:
 @case
 def npz_duplicate_names(inp: Path, outside: Path, marker: Path) -> Case:
     images, _ = _digits(20)
-    with zipfile.ZipFile(inp / "dup.npz", "w") as zf:
+    with zipfile.ZipFile(inp / "dup.npz", "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": the point here
         for array in (images, images[::-1].copy()):
             buf = io.BytesIO()
             np.save(buf, array)
@@ -309,7 +311,8 @@ def torch_zip_duplicate_data_pkl(inp: Path, outside: Path, marker: Path) -> Case
 
     entries = torch_archive({"w": torch.randn(4)})
     name = next(n for n in entries if n.endswith("data.pkl"))
-    with zipfile.ZipFile(inp / "model.pt", "w") as zf:
+    with zipfile.ZipFile(inp / "model.pt", "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": the point here
         for n, data in entries.items():
             zf.writestr(n, data)
         zf.writestr(name, pickle.dumps({"w": 1}, protocol=2))

@@ -21,12 +21,16 @@ HERE = Path(__file__).resolve().parent
 HARNESSES = sorted(p.stem.removeprefix("fuzz_") for p in HERE.glob("fuzz_*.py"))
 
 
-def fuzz_one(name: str, seconds: int, corpus_root: Path, findings: Path, logs: Path) -> dict:
+def seed_corpus(name: str, corpus_root: Path) -> None:
     corpus = corpus_root / name
     if not corpus.is_dir() or not any(corpus.iterdir()):
         corpus.mkdir(parents=True, exist_ok=True)
         for seed, data in seed_builders.seeds(name).items():
             (corpus / f"seed-{seed}").write_bytes(data)
+
+
+def fuzz_one(name: str, seconds: int, corpus_root: Path, findings: Path, logs: Path) -> dict:
+    corpus = corpus_root / name
     log = logs / f"{name}.log"
     started = time.monotonic()
     with log.open("w") as out:
@@ -74,6 +78,8 @@ def main() -> int:
     findings, logs = HERE / "findings", HERE / "logs"
     findings.mkdir(exist_ok=True)
     logs.mkdir(exist_ok=True)
+    for name in args.targets:  # here, not in the pool: two threads importing torch clash
+        seed_corpus(name, args.corpus)
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(
             pool.map(lambda n: fuzz_one(n, args.seconds, args.corpus, findings, logs), args.targets)

@@ -140,6 +140,20 @@ def test_config_in_pyproject(ckpts, tmp_path):
     assert diag("check", "--fail-on", "error", cwd=tmp_path).returncode == 0
 
 
+def test_isolated_ignores_the_config(ckpts, tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.diag]\ncheckpoint = "{ckpts["warn"]}"\nfail-on = "warning"\n'
+        'select = ["dead-units"]\n'
+    )
+    proc = diag("check", "--isolated", cwd=tmp_path)
+    assert proc.returncode == 2 and "nothing to check" in proc.stderr
+    proc = diag("check", str(ckpts["warn"]), "--isolated", "--select", "dead-units", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # fail-on from the config no longer applies
+    assert "1 warning" in proc.stdout
+    proc = diag("check", "--isolated", "--config", "pyproject.toml", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot go with --config" in proc.stderr
+
+
 def test_unknown_config_key_is_named(tmp_path):
     (tmp_path / "pyproject.toml").write_text('[tool.diag]\ncheckpont = "x.pt"\n')
     proc = diag("check", cwd=tmp_path)

@@ -1,8 +1,10 @@
 """Broken, hostile and real log files through the real CLI.
 
 Each broken file must end in exit 2 with one `diag: error: <file>: <cause>` line and no
-traceback, or (for damage a live run causes) be read with a note. The fixtures written by
-the real writers (tests/data/logs) must be found through `--logs` and get their roles.
+traceback, or (for damage a live run causes) be read with a note; every run goes through
+the audited sandbox (hostile_sandbox.py), so nothing outside the test's folder is read.
+The fixtures written by the real writers (tests/data/logs) must be found through `--logs`
+and get their roles.
 """
 
 from __future__ import annotations
@@ -11,38 +13,23 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
+import hostile_sandbox as hs
 import pytest
 
 DATA = Path(__file__).parent / "data" / "logs"
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DIAG_DEBUG"}
-    return subprocess.run(
-        [sys.executable, "-m", "diag", "check", *args, "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
+def run_cli(*args: str, cwd: Path) -> hs.Outcome:
+    """The CLI in the audited sandbox, its invariants checked, with `cwd` as the input folder."""
+    outcome = hs.run_diag([*args, "--quiet"], cwd=cwd)
+    hs.check_invariants(outcome, allowed=[cwd])
+    return outcome
 
 
 def assert_refused(path: Path, *fragments: str) -> str:
-    proc = run_cli("--logs", str(path), cwd=path.parent)
-    shown = f"exit {proc.returncode}\nstdout: {proc.stdout!r}\nstderr: {proc.stderr!r}"
-    assert proc.returncode == 2, shown
-    assert proc.stdout == "" and "Traceback" not in proc.stderr, shown
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("diag: error: "), shown
-    assert path.name in lines[0], shown
-    for fragment in fragments:
-        assert fragment in lines[0], shown
-    return lines[0]
+    return hs.check_refused(run_cli("--logs", str(path), cwd=path.parent), path.name, *fragments)
 
 
 @pytest.fixture(scope="module")

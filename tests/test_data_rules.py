@@ -181,22 +181,16 @@ def test_html_shows_near_table_rows_with_the_differing_cells(tmp_path):
     ],
 )
 def test_malformed_splits_exit_2_with_one_line(tmp_path, arrays, fragment):
-    import subprocess
-    import sys
+    import hostile_sandbox as hs
 
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
     good = tmp_path / "good.npz"
     np.savez(good, x=table(10))
-    proc = subprocess.run(
-        [sys.executable, "-m", "diag", "check", "--split", f"train={good}", "--split", f"val={path}"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
-    lines = proc.stderr.splitlines()
-    assert (
-        len(lines) == 1 and lines[0].startswith(f"diag: error: {path}: ") and fragment in lines[0]
-    )
+    outcome = hs.run_diag(["--split", f"train={good}", "--split", f"val={path}"], tmp_path)
+    hs.check_invariants(outcome, allowed=[tmp_path])
+    line = hs.check_refused(outcome, str(path), fragment)
+    assert line.startswith(f"diag: error: {path}: ")
 
 
 def test_a_split_option_without_a_name_is_a_usage_error(tmp_path):

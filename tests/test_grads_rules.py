@@ -210,31 +210,20 @@ def test_probe_rules_are_skipped_with_a_reason_without_a_model(folder):
 
 
 def test_bad_model_specs_exit_2_with_one_line(folder, tmp_path):
-    import subprocess
-    import sys
+    import hostile_sandbox as hs
 
-    cases = [
-        (f"{tmp_path / 'missing.py'}:build", "missing.py"),
-        (f"{folder / 'models.py'}:nope", "nope"),
-    ]
-    for spec, fragment in cases:
-        proc = subprocess.run(
-            [sys.executable, "-m", "diag", "check", str(folder / "healthy.pt"), "--model", spec,
-             "--batch", str(folder / "batch.pt")],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("diag: error: ") and fragment in lines[0]
+    def refused(spec: str, batch: Path, fragment: str) -> None:
+        args = [str(folder / "healthy.pt"), "--model", spec, "--batch", str(batch)]
+        outcome = hs.run_diag(args, tmp_path)
+        hs.check_invariants(outcome, allowed=[folder, tmp_path])
+        hs.check_refused(outcome, fragment)
+
+    refused(f"{tmp_path / 'missing.py'}:build", folder / "batch.pt", "missing.py")
+    refused(f"{folder / 'models.py'}:nope", folder / "batch.pt", "nope")
     torch.save(
         {"inputs": torch.zeros(4, 3, 5, 5), "targets": torch.zeros(4).long()}, tmp_path / "b.pt"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "diag", "check", str(folder / "healthy.pt"), "--model",
-         f"{folder / 'models.py'}:healthy", "--batch", str(tmp_path / "b.pt")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "b.pt" in proc.stderr
+    refused(f"{folder / 'models.py'}:healthy", tmp_path / "b.pt", "b.pt")
 
 
 def test_a_broken_custom_backward_is_a_gradient_mismatch_on_its_weight(folder):

@@ -23,11 +23,12 @@ from diag.loaders.safe_pickle import (
     restricted_loads,
 )
 from diag.loaders.table import ITEMSIZE
+from diag.loaders.ziparchive import open_zip
 
 if TYPE_CHECKING:
     import torch
 
-MAX_ENTRIES = 2_000_000
+MAX_ENTRIES = 200_000  # tensors, optimizer moments and the rest: 20x a 10,000-tensor model
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 
@@ -38,7 +39,7 @@ class TorchZip:
         self.path = path
         self.size = path.stat().st_size
         try:
-            with zipfile.ZipFile(path) as zf:
+            with open_zip(path, MAX_ENTRIES, "torch zip archive") as zf:
                 infos = zf.infolist()
                 self._check_entries(path, infos)
                 self.prefix = self._prefix(infos)

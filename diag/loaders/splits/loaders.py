@@ -45,6 +45,7 @@ import numpy as np
 from diag.errors import InputError
 from diag.loaders.crc import crc32
 from diag.loaders.splits.model import IMAGE, TABLE, TEXT, Split, TableChunk
+from diag.loaders.ziparchive import open_zip
 
 # Array names accepted in .npz / .pt files, in order of preference.
 X_NAMES = ("X", "x", "inputs", "data", "images", "features")
@@ -188,7 +189,7 @@ def _content_kind(head: bytes) -> str:
 def _zip_kind(path: Path, expected: str | None) -> str:
     """torch or npz: torch.save writes `<archive>/data.pkl`, numpy writes `*.npy` members."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with open_zip(path, MAX_ZIP_ENTRIES) as zf:
             names = zf.namelist()[: MAX_ZIP_ENTRIES + 1]
     except Exception:  # a broken zip: the reader the extension picks reports it properly
         return expected if expected in ("npz", "torch") else "npz"
@@ -307,7 +308,7 @@ def _check_fits(
 def _npz_members(path: Path) -> dict[str, _Member | _UnopenedMember]:
     """The arrays of an .npz by name; only x, y and group have their headers parsed now."""
     by_name: dict[str, zipfile.ZipInfo] = {}
-    with _zip_errors(path), zipfile.ZipFile(path) as zf:
+    with _zip_errors(path), open_zip(path, MAX_ZIP_ENTRIES, ".npz archive") as zf:
         infos = zf.infolist()
         if len(infos) > MAX_ZIP_ENTRIES:
             raise InputError(path, f"zip archive with {len(infos)} entries (cap {MAX_ZIP_ENTRIES})")
@@ -390,7 +391,7 @@ def _check_crc(path: Path, array_name: str, info: zipfile.ZipInfo, start: int) -
 
 def _compressed_member(path: Path, array_name: str, info: zipfile.ZipInfo) -> _Member:
     """A compressed member cannot be mapped: parse its header now, inflate it on load."""
-    with _zip_errors(path), zipfile.ZipFile(path) as zf, zf.open(info) as fh:
+    with _zip_errors(path), open_zip(path, MAX_ZIP_ENTRIES) as zf, zf.open(info) as fh:
         shape, fortran, dtype = _read_npy_header(path, fh, array_name)
         header_bytes = fh.tell()
     nbytes = math.prod(shape) * dtype.itemsize
@@ -404,7 +405,7 @@ def _compressed_member(path: Path, array_name: str, info: zipfile.ZipInfo) -> _M
 
     def load() -> np.ndarray:
         buf = bytearray(nbytes)
-        with _zip_errors(path), zipfile.ZipFile(path) as zf, zf.open(info) as fh:
+        with _zip_errors(path), open_zip(path, MAX_ZIP_ENTRIES) as zf, zf.open(info) as fh:
             fh.read(header_bytes)
             view, got = memoryview(buf), 0
             while got < nbytes:
@@ -533,7 +534,7 @@ def _array_split(
 def _opened(path: Path, members: Mapping[str, _Member | _UnopenedMember], key: str) -> _Member:
     member = members[key]
     if isinstance(member, _UnopenedMember):  # named by --label-column: open it now
-        with _zip_errors(path), zipfile.ZipFile(path) as zf:
+        with _zip_errors(path), open_zip(path, MAX_ZIP_ENTRIES) as zf:
             info = zf.getinfo(f"{key}.npy")
         return _npz_member(path, key, info)
     return member

@@ -15,7 +15,7 @@ import pkgutil
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +109,3 @@ def fuzz(one_input: Callable[[bytes], None]) -> None:
 
     atheris.Setup(sys.argv, target)
     atheris.Fuzz()
-
-
-@contextlib.contextmanager
-def quiet_warnings() -> Iterator[None]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield

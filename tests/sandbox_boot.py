@@ -11,8 +11,10 @@ import atexit
 import os
 import runpy
 import sys
+import urllib.parse
 
-PATH_EVENTS = {"open", "os.listdir", "os.scandir", "os.chdir", "shutil.copyfile"}
+# sqlite3 opens its database in C: the audit event is the only trace of it.
+PATH_EVENTS = {"open", "os.listdir", "os.scandir", "os.chdir", "shutil.copyfile", "sqlite3.connect"}
 SPAWN_EVENTS = {
     "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
     "subprocess.Popen", "pty.spawn",
@@ -27,6 +29,8 @@ def _install(log_fd: int) -> None:
                 return  # an already-open descriptor: its open was logged
             if isinstance(path, bytes):
                 path = os.fsdecode(path)
+            if event == "sqlite3.connect" and str(path).startswith("file:"):
+                path = urllib.parse.unquote(str(path)[5:].split("?", 1)[0])  # a URI's file
             line = f"{event}\t{os.path.abspath(os.fspath(path))}\n"
         elif event == "ctypes.dlopen":  # torch loads its own libraries: checked like a read
             if not args or args[0] is None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from diag.loaders.crc import crc32
+from diag.loaders.crc import crc32, crc_error
 from diag.loaders.table import ITEMSIZE, ParamTable, TensorInfo, table_span
 
 if TYPE_CHECKING:
@@ -78,7 +78,6 @@ class TensorSource:
         """A torch zip records each storage's CRC-32: a tensor read whole is checked."""
         if self._span is not None and self._span.crc32 is not None and crc != self._span.crc32:
             from diag.errors import InputError
-            from diag.loaders.torchzip import crc_error
 
             raise InputError(self._span.file.path, crc_error(self.info.name))
 

@@ -11,4 +11,9 @@ try:
 except ImportError:  # no wheel for this platform: same values, slower
     from zlib import crc32
 
-__all__ = ["crc32"]
+__all__ = ["crc32", "crc_error"]
+
+
+def crc_error(name: str) -> str:
+    """The cause of the InputError for a tensor whose bytes fail their zip CRC-32."""
+    return f"corrupt archive: the bytes of tensor {name!r} fail their zip CRC-32 check"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import InputError
-from diag.loaders.crc import crc32
+from diag.loaders.crc import crc32, crc_error
 from diag.loaders.rawfile import FileSpan, RawFile
 from diag.loaders.safe_pickle import (
     CodeInPickle,
@@ -73,6 +73,7 @@ class TorchZip:
         except (RuntimeError, NotImplementedError) as exc:
             raise InputError(path, f"unreadable zip archive ({exc})") from None
         self._entries = names
+        self._spans: dict[tuple[str, str, int, bool], tuple[int, int]] = {}
         try:
             self.root = restricted_loads(data)
         except CodeInPickle as exc:
@@ -99,7 +100,16 @@ class TorchZip:
         return ""
 
     def _data_span(self, storage: StorageRef) -> tuple[int, int]:
-        """(file offset, length) of a storage's bytes, checked against the archive."""
+        """(file offset, length) of a storage's bytes, checked against the archive; each
+        storage's local header is read once, however many tensors and lookups use it."""
+        # Keyed by all the reference claims: two references to one entry may disagree.
+        key = (storage.key, storage.dtype, storage.numel, storage.untyped)
+        span = self._spans.get(key)
+        if span is None:
+            span = self._spans[key] = self._find_data_span(storage)
+        return span
+
+    def _find_data_span(self, storage: StorageRef) -> tuple[int, int]:
         info = self._entries.get(f"{self.prefix}data/{storage.key}")
         if info is None:
             raise InputError(self.path, f"storage {storage.key!r} is missing from the archive")
@@ -170,10 +180,6 @@ class TorchZip:
 
     def close(self) -> None:
         self._file.close()
-
-
-def crc_error(name: str) -> str:
-    return f"corrupt archive: the bytes of tensor {name!r} fail their zip CRC-32 check"
 
 
 def _contiguous_stride(size: tuple[int, ...]) -> tuple[int, ...]:

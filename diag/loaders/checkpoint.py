@@ -104,16 +104,11 @@ def open_checkpoint(path_text: str | os.PathLike[str]) -> Checkpoint:
     except OSError as exc:
         raise InputError(path, f"cannot read ({exc.strerror})") from None
     expected = EXTENSIONS.get(path.suffix.lower())
-    if kind == "torch-legacy":
-        raise InputError(
-            path,
-            "legacy (pre-1.6, non-zip) torch pickle: it can only be read by running the pickle; "
-            "re-save it with a current torch.save",
-        )
     if kind == "unknown":
         what = f"not a {expected} checkpoint" if expected else "not a recognised checkpoint"
         raise InputError(path, f"{what} (unknown content; expected torch zip, safetensors or ONNX)")
-    if expected and expected != kind:
+    # Both torch layouts carry torch's extensions; only the content tells them apart.
+    if expected and expected != kind.removesuffix("-legacy"):
         raise InputError(path, f"the extension says {expected} but the content is {kind}")
     return _open_file(path, kind, str(path_text))
 
@@ -128,7 +123,7 @@ def _open_file(path: Path, kind: str, shown: str) -> Checkpoint:
         from diag.loaders.onnx_table import OnnxTable
 
         return Checkpoint(shown, OnnxTable(path))
-    return _open_torch(path, shown)
+    return _open_torch(path, shown, legacy=kind == "torch-legacy")
 
 
 def _open_folder(path: Path, shown: str) -> Checkpoint:
@@ -167,15 +162,27 @@ class TorchZipTable:
         self._archive.close()
 
 
-def _open_torch(path: Path, shown: str) -> Checkpoint:
-    from diag.loaders.torchzip import TorchZip
+class LegacyTorchTable(TorchZipTable):
+    """Tensors of a legacy (pre-1.6, non-zip) torch file; read like the zip format's."""
 
-    archive = TorchZip(path)
+    format = "torch-legacy"
+
+
+def _open_torch(path: Path, shown: str, legacy: bool = False) -> Checkpoint:
+    if legacy:
+        from diag.loaders.legacy_torch import LegacyTorch
+
+        archive = LegacyTorch(path)
+    else:
+        from diag.loaders.torchzip import TorchZip
+
+        archive = TorchZip(path)
     root = archive.root
     state, where = find_state_dict(root)
     if state is None:
+        archive.close()
         raise InputError(path, "no tensors found (not a state dict or a known checkpoint layout)")
-    table = TorchZipTable(path, archive, state)
+    table = (LegacyTorchTable if legacy else TorchZipTable)(path, archive, state)
     meta = _meta_from_root(root, where)
     optimizer = _optimizer_from_root(root, table, archive)
     return Checkpoint(shown, table, meta, optimizer)

@@ -22,8 +22,9 @@ import io
 import pickle
 import pickletools
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 # Modules and names whose only use in a checkpoint is to run code on load (picklescan's list
 # plus torch's own code-loading entry points).
@@ -240,6 +241,7 @@ def _unsupported_tensor(*args: Any) -> Opaque:
 
 
 _TENSOR_FUNCS = {
+    "torch._utils._rebuild_tensor": _rebuild_tensor_v2,  # torch <= 0.3: the same first four
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -283,7 +285,8 @@ def resolve_global(module: str, name: str) -> Any:
         return OrderedDict
     if _denied(module, name):
         raise CodeInPickle(full, called=False)
-    if module in ("torch", "torch.storage") and name in STORAGE_DTYPES:
+    # torch.cuda.FloatStorage & co: what torch before 1.6 pickled for a GPU tensor's storage.
+    if module in ("torch", "torch.storage", "torch.cuda") and name in STORAGE_DTYPES:
         return _StorageType(STORAGE_DTYPES[name], untyped=name == "UntypedStorage")
     if module == "torch" and name in TORCH_DTYPES:
         return _Dtype(name)
@@ -319,13 +322,19 @@ class RestrictedUnpickler(pickle.Unpickler):
         return StorageRef(key, stype.dtype, numel, stype.untyped)
 
 
-def restricted_loads(data: bytes) -> Any:
-    """Unpickle checkpoint metadata. Raises CodeInPickle or UnsupportedPickle, never runs code."""
+def restricted_loads(
+    data: bytes, unpickler: Callable[[IO[bytes]], RestrictedUnpickler] = RestrictedUnpickler
+) -> Any:
+    """Unpickle checkpoint metadata. Raises CodeInPickle or UnsupportedPickle, never runs code.
+
+    `unpickler` is RestrictedUnpickler or a subclass that reads another layout's persistent
+    ids (the legacy torch format's); find_class stays the same for every layout.
+    """
     if len(data) > MAX_PICKLE_BYTES:
         raise UnsupportedPickle(f"pickle of {len(data)} bytes is over the {MAX_PICKLE_BYTES} cap")
     try:
         _prescan(data)
-        return RestrictedUnpickler(io.BytesIO(data)).load()
+        return unpickler(io.BytesIO(data)).load()
     except (CodeInPickle, UnsupportedPickle):
         raise
     except RecursionError:

@@ -1,7 +1,10 @@
 """Optimizer state in a checkpoint, mapped from integer ids to parameter names.
 
 `Optimizer.state_dict()` keys state by integer ids in param-group order, with no names
-(unless the optimizer was built from named parameters, which records `param_names`). Adam
+(unless the optimizer was built from named parameters, which records `param_names`). The
+ids are 0..n-1 in current torch; older torch used each parameter's `id()` (a memory
+address), as many legacy-format checkpoints show. Either way the groups list the ids in
+parameter order, so both are mapped to names by position. Adam
 creates a parameter's state only once that parameter gets a gradient, so "in a group but
 no state" means "never received a gradient".
 """
@@ -57,6 +60,18 @@ def parse_optimizer(
     kind = _kind(state)
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         return OptimizerState(kind, {}, "parameter ids that are not integers", read)
+    seen: set[int] = set()
+    for pid in ids:
+        if pid in seen:
+            return OptimizerState(kind, {}, f"parameter id {_shown(pid)} is listed twice", read)
+        seen.add(pid)
+    # State under an id no group lists means the ids are not what the groups say (a
+    # hand-edited or half-converted state dict): mapping by position would then call
+    # parameters that have state stateless, and so stuck.
+    stray = next((k for k in state if k not in seen), None)
+    if stray is not None:
+        reason = f"optimizer state for id {_shown(stray)}, which no parameter group lists"
+        return OptimizerState(kind, {}, reason, read)
     if not all(isinstance(n, str) for n in names):
         names = []
     shapes = dict(param_shapes)
@@ -75,11 +90,18 @@ def parse_optimizer(
         ref = _first_tensor(entry)
         if ref is not None and ref.size and tuple(ref.size) != shapes[name]:
             reason = (
-                f"optimizer state of id {pid} has shape {tuple(ref.size)}, "
+                f"optimizer state of id {_shown(pid)} has shape {tuple(ref.size)}, "
                 f"{name} has {shapes[name]}"
             )
             return OptimizerState(kind, {}, reason, read)
     return OptimizerState(kind, _per_name(mapping, state), None, read)
+
+
+def _shown(key: Any) -> str:
+    """A state key for a message; an int of thousands of digits cannot be printed."""
+    if isinstance(key, int) and key.bit_length() > 64:
+        return f"<{key.bit_length()}-bit int>"
+    return repr(key) if isinstance(key, str | int) else f"of type {type(key).__name__}"
 
 
 def _list(value: Any) -> list[Any]:

@@ -37,7 +37,13 @@ from diag.loaders.table import ITEMSIZE
 from diag.loaders.torchzip import MAX_ENTRIES, TorchZip
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+# The opcodes a pickled int can use. Anything else where the magic number belongs means a
+# plain pickle, which is refused before a single opcode of it is acted on.
+_INT_OPCODES = frozenset(
+    {"PROTO", "FRAME", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STOP"}
+)
 PROTOCOL_VERSION = 1001
+_PLAIN_PICKLE = "a plain pickle, not a torch.save file (no torch magic number): not unpickled"
 _COUNT_BYTES = 8  # the element count written before each storage's bytes
 
 
@@ -172,9 +178,9 @@ class LegacyTorch(TorchZip):
 
     def _read_pickles(self, fh: IO[bytes]) -> int:
         """Unpickle the five pickles; the file offset where the storages start."""
-        pos, magic = self._load(fh, 0, "magic number")
+        pos, magic = self._load(fh, 0, "magic number", only=_INT_OPCODES)
         if not (isinstance(magic, int) and magic == MAGIC_NUMBER):
-            raise InputError(self.path, "a plain pickle, not a torch.save file (no magic number)")
+            raise InputError(self.path, _PLAIN_PICKLE)
         pos, version = self._load(fh, pos, "protocol version")
         if not (isinstance(version, int) and version == PROTOCOL_VERSION):
             raise InputError(self.path, f"unsupported legacy torch protocol {version!r}")
@@ -189,10 +195,15 @@ class LegacyTorch(TorchZip):
         return pos
 
     def _load(
-        self, fh: IO[bytes], start: int, what: str, unpickler: Any = RestrictedUnpickler
+        self,
+        fh: IO[bytes],
+        start: int,
+        what: str,
+        unpickler: Any = RestrictedUnpickler,
+        only: frozenset[str] | None = None,
     ) -> tuple[int, Any]:
         """(end offset, value) of the pickle at `start`, read through the restricted unpickler."""
-        end = self._pickle_end(fh, start, what)
+        end = self._pickle_end(fh, start, what, only)
         fh.seek(start)
         data = fh.read(end - start)
         try:
@@ -202,11 +213,14 @@ class LegacyTorch(TorchZip):
         except UnsupportedPickle as exc:
             raise InputError(self.path, f"unreadable {what} pickle: {exc}") from None
 
-    def _pickle_end(self, fh: IO[bytes], start: int, what: str) -> int:
+    def _pickle_end(
+        self, fh: IO[bytes], start: int, what: str, only: frozenset[str] | None = None
+    ) -> int:
         """Where the pickle starting at `start` ends, found by walking its opcodes.
 
         The walk is bounded by the file and by the pickle cap, so a forged length is a
-        short read here and no pickle is ever read into memory past the cap.
+        short read here and no pickle is ever read into memory past the cap. With `only`,
+        the first opcode outside it ends the walk: the file is a plain pickle.
         """
         limit = min(self.size, start + MAX_PICKLE_BYTES)
         if start >= self.size:
@@ -215,7 +229,11 @@ class LegacyTorch(TorchZip):
         last = None
         try:
             for opcode, _arg, pos in pickletools.genops(window):
+                if only is not None and opcode.name not in only:
+                    raise InputError(self.path, _PLAIN_PICKLE)
                 last = (opcode.name, pos)
+        except InputError:
+            raise
         except Exception as exc:  # any malformed or cut pickle: one clean error
             if limit < self.size and window.at_end:
                 raise InputError(

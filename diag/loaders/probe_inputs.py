@@ -233,8 +233,12 @@ def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
 def read_batch(
     path_text: str,
 ) -> tuple[tuple[torch.Tensor, ...] | dict[str, torch.Tensor], torch.Tensor | None]:
-    """(inputs, targets) of a tensors-only `torch.save` file, read without running its pickle."""
+    """(inputs, targets) of a tensors-only `torch.save` file, read without running its pickle.
+
+    Both torch layouts are read: the zip format and the legacy (pre-1.6) one.
+    """
     from diag.loaders.checkpoint import sniff
+    from diag.loaders.legacy_torch import LegacyTorch
     from diag.loaders.torchzip import TorchZip
 
     path = Path(path_text)
@@ -244,12 +248,9 @@ def read_batch(
         kind = sniff(path)
     except OSError as exc:
         raise InputError(path_text, f"cannot read ({exc.strerror})") from None
-    if kind == "torch-legacy":
-        # A bare pickle can only be read by running it; diag never does that to data.
-        raise InputError(path_text, "a plain pickle, not a torch.save zip file: not unpickled")
-    if kind != "torch":
-        raise InputError(path_text, f"not a torch.save zip file ({kind} content)")
-    archive = TorchZip(path)
+    if kind not in ("torch", "torch-legacy"):
+        raise InputError(path_text, f"not a torch.save file ({kind} content)")
+    archive = TorchZip(path) if kind == "torch" else LegacyTorch(path)
     try:
         inputs, targets = _layout(archive.root, path_text)
         if isinstance(inputs, dict):

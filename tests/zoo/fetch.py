@@ -41,6 +41,7 @@ class Model:
     wheel_sha256: str
     member: str
     sha256: str
+    size: int
     format: str
     covers: tuple[str, ...]
 

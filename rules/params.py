@@ -8,12 +8,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from diag.loaders.checkpoint import Checkpoint
+from diag.loaders.onnx_graph import INPUT, OUTPUT
 from diag.model import Finding, Location, Severity
 from diag.registry import rule
 from diag.rules.kernels import kernel_noise
 from diag.stats import TensorStats, UpdateStats
 
 GROUP = "params"
+# Below this share of identical rows, an output head's copies are classes without data.
+HEAD_COLLAPSE_FRACTION = 0.5
+# Zero units in this many layers or more are pruning, not training failure (see dead-units).
+PRUNED_LAYERS = 3
+MAX_NAMED_LAYERS = 32
 TRAINABLE_KINDS = ("conv", "linear", "embedding", "norm", "bias", "vector")
 # Standard deviations in this band are the GPT/BERT-style N(0, 0.02) init: never "too small".
 TRANSFORMER_STD_BAND = (0.015, 0.025)
@@ -46,12 +52,22 @@ def nonfinite_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Iter
     Go back to the last checkpoint with finite weights; lower the learning rate, add
     gradient clipping, use bf16 or loss scaling instead of raw fp16, and guard `log`/`sqrt`
     and divisions with an epsilon. The `loss-nonfinite` rule finds the step where it started.
+
+    ## What it does not count
+    Infinities that are constants of the computation, not learned values: in an exported
+    graph, a tensor with no NaN whose finite values (if any) are all one number and that no
+    Conv/Gemm/MatMul/Gather/normalisation uses as its weight (a `-inf` fill value for masked
+    logits, a clip bound); in any format, an attention-style mask (one finite value, say 0,
+    and infinities, no NaN). A diverged weight is neither: its finite values vary and NaN
+    follows the first infinity within a step. Measured on the zoo: magika's exported
+    file-type classifier holds a scalar `-inf` constant, the only non-finite value in 16
+    production models; every planted NaN or infinity in a weight is still found.
     """
     for ckpt in (checkpoint, init):
         if ckpt is None:
             continue
         for s in ckpt.stats.values():
-            if s.nan or s.inf:
+            if (s.nan or s.inf) and not _infinite_constant(s, graph=ckpt.format == "onnx"):
                 yield Finding(
                     f"{s.nan} NaN and {s.inf} infinite values out of {s.numel}",
                     _at(ckpt, s.name),
@@ -115,6 +131,18 @@ def constant_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Itera
             )
 
 
+def _infinite_constant(s: TensorStats, *, graph: bool) -> bool:
+    """Infinities used as constants (masks, fill values, bounds), not as learned weights."""
+    if s.nan or not s.inf or s.info.op is not None:
+        return False
+    finite = s.numel - s.inf
+    if finite == 0:
+        return graph  # a state dict's all-inf tensor is as likely a blown-up bias
+    # Outside a graph only a mask's shape (2-D or more) tells a constant from a bias that
+    # was all zeros until one value overflowed.
+    return s.min == s.max and (graph or len(s.shape) >= 2)
+
+
 def _value(x: float) -> str:
     return "zero" if x == 0 else f"{x:.6g}"
 
@@ -140,23 +168,51 @@ def symmetric_units(checkpoint: Checkpoint) -> Iterator[Finding]:
     Initialise the layer randomly (PyTorch's default, or `nn.init.kaiming_normal_`), and
     check that weights are not copied from one unit to the others. Retrain: the copies
     will not separate by themselves.
+
+    ## Output heads
+    Rows of an output layer (units = classes or tokens) are different: each gets its own
+    gradient from its own targets, so symmetry cannot persist there, and rows that do
+    coincide belong to outputs that never occurred in the training data. Softmax pushes
+    all of them down by the same amount and weight decay erases their random start, so
+    they converge to one vector. The zoo's Paddle OCR recogniser has 125 of its 6,625
+    character rows in such groups, at relative distances of 2e-8 (float32 rounding): as
+    identical as planted copies, so distance cannot tell them apart; position can. In the
+    head (the layer that feeds a graph output, or the last weight in module order) copies
+    of fewer than half the rows are reported as info; a head that is mostly copies is
+    still an error. A wholly constant tensor is left to `constant-parameter`, so one cause
+    gives one finding.
     """
+    heads = output_heads(checkpoint.stats)
     for s in checkpoint.stats.values():
-        if not s.is_weight or not s.n_duplicate_units:
+        # A constant tensor is all copies of one unit: constant-parameter names that cause.
+        if not s.is_weight or not s.n_duplicate_units or s.all_equal:
             continue
         groups = s.duplicate_groups
         biggest = len(groups[0])
+        copies = s.n_duplicate_units + len(groups)
+        fraction = copies / s.n_units
+        evidence = {
+            "n_units": s.n_units,
+            "redundant_units": s.n_duplicate_units,
+            "groups": len(groups),
+            "largest_group": biggest,
+            "fraction": fraction,
+        }
+        if s.name in heads and fraction < HEAD_COLLAPSE_FRACTION:
+            yield Finding(
+                f"{copies} of {s.n_units} output units share their weights with another "
+                f"({len(groups)} group(s), the largest has {biggest}): outputs (classes, "
+                "tokens) that never occurred in the training data collapse to one row",
+                _at(checkpoint, s.name, units=list(groups[0][:16])),
+                {**evidence, "output_head": True},
+                severity=Severity.INFO,
+            )
+            continue
         yield Finding(
-            f"{s.n_duplicate_units + len(groups)} of {s.n_units} units share their weights with "
+            f"{copies} of {s.n_units} units share their weights with "
             f"another unit ({len(groups)} group(s), the largest has {biggest} identical units)",
             _at(checkpoint, s.name, units=list(groups[0][:16])),
-            {
-                "n_units": s.n_units,
-                "redundant_units": s.n_duplicate_units,
-                "groups": len(groups),
-                "largest_group": biggest,
-                "fraction": (s.n_duplicate_units + len(groups)) / s.n_units,
-            },
+            evidence,
         )
 
 
@@ -198,17 +254,20 @@ def dead_units(
     Lower the learning rate or weight decay, initialise biases at zero or slightly
     positive, use a leaky activation, or check masks and pruning code. If the units were
     pruned on purpose, ignore this rule for that layer.
+
+    ## Pruned models
+    Training does not zero a unit's weights exactly: a unit that stops getting gradient
+    only decays under weight decay, geometrically and never to 0.0 in float. Exact-zero
+    rows come from a mask: structured pruning, or BatchNorm channels whose scale was driven
+    to zero (network slimming) and folded into the convolution at export. When
+    `PRUNED_LAYERS` (3) or more layers have zero units, that is one decision applied
+    across the network, so it is reported once, as info, naming the layers. On the zoo,
+    Paddle's OCR detector has zero units in 4 layers and its recogniser in 12 (up to 45%
+    of a layer), with no loss of accuracy; no unpruned model has any. One or two layers
+    with zero units are still a warning, each.
     """
-    for s in checkpoint.stats.values() if checkpoint is not None else ():
-        if not s.is_weight or not s.n_zero_units:
-            continue
-        severity = Severity.ERROR if s.n_zero_units == s.n_units else Severity.WARNING
-        yield Finding(
-            f"{s.n_zero_units} of {s.n_units} units have all-zero incoming weights",
-            _at(checkpoint, s.name, units=list(s.zero_units[:16])),
-            {"n_units": s.n_units, "dead": s.n_zero_units, "fraction": s.n_zero_units / s.n_units},
-            severity=severity,
-        )
+    if checkpoint is not None:
+        yield from _zero_units(checkpoint)
     for layer in activations.layers if activations is not None else ():
         if layer.consumer != "relu" or not layer.n_units:
             continue
@@ -228,6 +287,30 @@ def dead_units(
                 "source": "activations",
             },
             severity=Severity.ERROR if layer.n_dead == layer.n_units else Severity.WARNING,
+        )
+
+
+def _zero_units(checkpoint: Checkpoint) -> Iterator[Finding]:
+    layers = [s for s in checkpoint.stats.values() if s.is_weight and s.n_zero_units]
+    if len(layers) >= PRUNED_LAYERS:
+        units = sum(s.n_zero_units for s in layers)
+        total = sum(s.n_units for s in layers)
+        yield Finding(
+            f"{units} units in {len(layers)} layers have exactly zero incoming weights: the "
+            "pattern of structured pruning (or of channels switched off and folded away at "
+            "export), not of units that died in training",
+            _at(checkpoint, layers[0].name, layers=[s.name for s in layers[:MAX_NAMED_LAYERS]]),
+            {"layers": len(layers), "dead": units, "n_units": total, "pruned": True},
+            severity=Severity.INFO,
+        )
+        return
+    for s in layers:
+        severity = Severity.ERROR if s.n_zero_units == s.n_units else Severity.WARNING
+        yield Finding(
+            f"{s.n_zero_units} of {s.n_units} units have all-zero incoming weights",
+            _at(checkpoint, s.name, units=list(s.zero_units[:16])),
+            {"n_units": s.n_units, "dead": s.n_zero_units, "fraction": s.n_zero_units / s.n_units},
+            severity=severity,
         )
 
 
@@ -441,12 +524,24 @@ def update_ratio(
 
 
 def first_layer_convs(stats: dict[str, TensorStats]) -> list[TensorStats]:
-    """Convolutions that see input pixels: few input channels, or the first conv of the model."""
+    """The convolutions whose kernels see the input: from the graph when the format has one,
+    else the first convolution in module order."""
     convs = [s for s in stats.values() if s.kind == "conv" and len(s.shape) == 4]
-    chosen = [s for s in convs if s.shape[1] <= 4]
-    if convs and convs[0] not in chosen:
-        chosen.insert(0, convs[0])
+    if any(s.info.position is not None for s in stats.values()):
+        chosen = [s for s in convs if s.info.position == INPUT]
+    else:
+        # Module order puts the stem first; a depthwise or grouped conv (one input channel
+        # per kernel) is never the first layer of a network, so it is never chosen.
+        chosen = convs[:1]
     return [s for s in chosen if s.kernels is not None and min(s.shape[2:]) >= 3]
+
+
+def output_heads(stats: dict[str, TensorStats]) -> set[str]:
+    """The weighted layers whose units are the model's outputs (classes, tokens)."""
+    if any(s.info.position is not None for s in stats.values()):
+        return {s.name for s in stats.values() if s.info.position == OUTPUT}
+    weights = [s for s in stats.values() if s.is_weight]
+    return {weights[-1].name} if weights else set()
 
 
 @rule(name="noisy-kernels", group=GROUP, severity=Severity.WARNING, needs=("checkpoint",))
@@ -454,11 +549,21 @@ def noisy_kernels(checkpoint: Checkpoint, *, alpha: float = 0.01) -> Iterator[Fi
     """First-layer convolution kernels that still look like random noise.
 
     ## What it does
-    For the convolutions that see the input pixels (few input channels, or the first conv
-    of the model) with kernels of 3×3 or larger, measures each kernel's lag-1 spatial
+    For the convolutions that see the input pixels, with kernels of 3×3 or larger, measures
+    each kernel's lag-1 spatial
     autocorrelation and tests the layer against a permutation null: the same kernels with
     their pixels shuffled. It fires when the layer is no smoother than shuffled noise
     (probability ≥ `alpha` under the null). Deeper layers are not judged on smoothness.
+
+    Which layer sees the input is read from structure, not guessed from shapes: in an ONNX
+    graph, the convolutions that a path from a graph input reaches without crossing another
+    Conv/Gemm/MatMul; in a state dict, the first convolution in module order. A depthwise
+    convolution deep in a mobile network also has one input channel per kernel, but its
+    kernels filter feature maps, and trained ones are legitimately rough or even
+    anti-smooth: in the zoo's three Paddle OCR models, 6 of 41 depthwise 3×3/5×5 layers
+    are "noise" by this test (median autocorrelation -0.29 to 0.01, p 0.01 to 1.0), while
+    their stem convolutions, the ones the graph feeds the image, are clearly smooth
+    (0.13, 0.23, 0.30; p < 0.005).
 
     ## Why is this bad?
     A trained first layer learns smooth, structured filters (edges, blobs, colour

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
 from diag.errors import InputError
+from diag.loaders.onnx_graph import weight_positions
 from diag.loaders.table import ITEMSIZE, TensorInfo
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class OnnxTable:
         for func in model.functions:
             collector.node_list(func.node, f"{func.domain}:{func.name}", 1)
         self._tensors: dict[str, tuple[TensorProto, _Span | None]] = {}
+        self._positions = weight_positions(model.graph)
         self._infos = self._index(collector)
 
     def _index(self, collector: _Collector) -> list[TensorInfo]:
@@ -138,7 +140,10 @@ class OnnxTable:
             if span is None:
                 self._check_embedded(tensor, name, shape, dtype)
             op, units_axis = _hint(found.raw_name, len(shape), uses)
-            infos.append(TensorInfo(name, shape, dtype, units_axis=units_axis, op=op))
+            position = None if found.scope else self._positions.get(found.raw_name)
+            infos.append(
+                TensorInfo(name, shape, dtype, units_axis=units_axis, op=op, position=position)
+            )
             self._tensors[name] = (tensor, span)
         # Tensors that are not parameters are never read, but a hostile reference still
         # marks the model as hostile, so it fails here rather than halfway through a run.

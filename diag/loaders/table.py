@@ -32,7 +32,9 @@ class TensorInfo:
     `units_axis` is the axis that indexes output units (rows of a Linear weight, filters of
     a conv): 0 for PyTorch layouts, 1 where a graph stores a weight transposed (ONNX MatMul).
     `op` is a hint from a graph about the layer that uses the tensor ("conv", "linear",
-    "embedding", "norm"), when the format knows it.
+    "embedding", "norm"), when the format knows it. `position` is where a graph says the
+    layer sits: "input" (the first weighted layer the input reaches) or "output" (the last
+    one before a graph output); None when the format has no graph.
     """
 
     name: str
@@ -40,6 +42,7 @@ class TensorInfo:
     dtype: str
     units_axis: int = 0
     op: str | None = None
+    position: str | None = None
 
     @property
     def numel(self) -> int:

@@ -192,26 +192,81 @@ def loss_nonfinite(logs: list[TrainingLog]) -> Iterator[Finding]:
 # ------------------------------------------------------------------ train-val-divergence
 
 
+def _sustained_minimum(
+    val: Curve, patience: int, min_rise: float, min_rise_of_start: float
+) -> tuple[int, float, float] | None:
+    """(best index, best, end) when the smoothed validation loss rose and stayed up."""
+    smooth = _running_median(val.values)
+    best = int(np.argmin(smooth))
+    if len(val) - 1 - best < patience:
+        return None
+    best_value, end_value = float(smooth[best]), float(smooth[-1])
+    threshold = max(abs(best_value) * min_rise, abs(float(val.values[0])) * min_rise_of_start)
+    if end_value - best_value < threshold:
+        return None
+    # Sustained: the last `patience` evaluations all stay above half the threshold.
+    if np.any(smooth[-patience:] - best_value < threshold / 2):
+        return None
+    # Report the checkpoint to keep: the lowest actual evaluation beside the smoothed one.
+    lo = max(0, best - 1)
+    return lo + int(np.argmin(val.values[lo : best + 2])), best_value, end_value
+
+
+def _steady_rise(
+    val: Curve, min_rise: float, min_rise_of_start: float
+) -> tuple[int, float, float] | None:
+    """(best index, best, end) when every evaluation after the best was higher than the last.
+
+    The strong form of the evidence, enough with as few as three evaluations: the best
+    is in the first half of the run and the loss then rose at each of at least two
+    evaluations in a row, by `min_rise` in all.
+    """
+    x = val.values
+    best = int(np.argmin(x))
+    after = len(x) - 1 - best
+    if after < 2 or best > (len(x) - 1) / 2 or np.any(np.diff(x[best:]) <= 0):
+        return None
+    best_value, end_value = float(x[best]), float(x[-1])
+    threshold = max(abs(best_value) * min_rise, abs(float(x[0])) * min_rise_of_start)
+    if end_value - best_value < threshold:
+        return None
+    return best, best_value, end_value
+
+
 @rule(name="train-val-divergence", group="curves", severity=Severity.WARNING, needs=("logs",))
 def train_val_divergence(
     logs: list[TrainingLog],
     *,
     patience: int = 5,
-    min_rise: float = 0.10,
+    min_rise: float = 0.08,
     min_rise_of_start: float = 0.02,
     min_train_drop: float = 0.10,
-    min_evaluations: int = 6,
+    min_evaluations: int = 5,
 ) -> Iterator[Finding]:
     """Validation loss rising after its minimum while the training loss keeps falling.
 
     ## What it does
     Finds the validation loss minimum (after a running median over three evaluations,
     so one lucky or unlucky evaluation does not decide it), then checks that for at least
-    `patience` evaluations after it the validation loss stayed clearly above that minimum
-    (at the end, `min_rise` relative and `min_rise_of_start` of the starting validation
-    loss higher), while the training loss fell by at least `min_train_drop` over the
-    same stretch. It reports the best step and epoch (where early stopping should have
-    stopped), how much the validation loss rose, and the train/validation gap at the end.
+    `patience` (5) evaluations after it (3 when the run has only 5, 4 when it has 6) the
+    validation loss stayed clearly above that minimum: at the end `min_rise` (8%)
+    relative and `min_rise_of_start` (2%) of the starting validation loss higher, and
+    every one of those evaluations at least half that much higher. With fewer
+    evaluations (down to three) it needs the strong form of the evidence: the best
+    evaluation in the first half of the run and a rise at every evaluation after it,
+    by the same amounts. Either way the training loss must have fallen by at least
+    `min_train_drop` (10%) over the same stretch, or it is not overfitting. It reports
+    the best step and epoch (where early stopping should have stopped), how much the
+    validation loss rose, and the train/validation gap at the end.
+
+    The margins, measured on the public logs in tests/data/public_logs/: the mildest
+    overfitting a reader sees there rose 8.7% (smoothed) above its best (a classifier
+    going from 1.33 to 1.49 over its last five epochs); the largest sustained rise
+    among healthy runs is 1.3% (a continued pre-training run levelling off at 0.49).
+    The standard Whisper fine-tuning recipe evaluates 5 times: two such runs whose
+    evaluation loss rose at every one of them (0.31 -> 0.47 and 0.32 -> 0.42) while the
+    training loss fell to 2e-4 are caught, and a 5-evaluation run that levels off
+    (0.071, 0.048, 0.049, 0.048, 0.057) is not.
 
     ## Why is this bad?
     This is overfitting: the model is memorising the training set at the expense of
@@ -228,21 +283,17 @@ def train_val_divergence(
         if val is None or train is None:
             continue
         val, train = _finite(val), _finite(train)
-        if len(val) < min_evaluations or len(train) < 2:
+        if len(val) < 3 or len(train) < 2:
             continue
-        smooth = _running_median(val.values)
-        best = int(np.argmin(smooth))
+        found = None
+        if len(val) >= min_evaluations:
+            wait = min(patience, len(val) - 2)
+            found = _sustained_minimum(val, wait, min_rise, min_rise_of_start)
+        found = found or _steady_rise(val, min_rise, min_rise_of_start)
+        if found is None:
+            continue
+        best, best_value, end_value = found
         after = len(val) - 1 - best
-        if after < patience:
-            continue
-        best_value = float(smooth[best])
-        end_value = float(smooth[-1])
-        threshold = max(abs(best_value) * min_rise, abs(float(val.values[0])) * min_rise_of_start)
-        if end_value - best_value < threshold:
-            continue
-        # Sustained: the last `patience` evaluations all stay above half the threshold.
-        if np.any(smooth[-patience:] - best_value < threshold / 2):
-            continue
         train_at = _train_at(train, val.steps)
         t_best, t_end = float(train_at[best]), float(train_at[-1])
         if not (np.isfinite(t_best) and np.isfinite(t_end)) or t_best <= 0:

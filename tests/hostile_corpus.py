@@ -89,9 +89,41 @@ def npz_object_array_payload(inp: Path, outside: Path, marker: Path) -> Case:
 
 @case
 def legacy_pth_payload(inp: Path, outside: Path, marker: Path) -> Case:
-    # What torch.save(..., _use_new_zipfile_serialization=False) writes starts with a pickle.
+    """A legacy torch.save layout whose checkpoint pickle runs os.system: refused for that."""
+    (inp / "model.pth").write_bytes(_legacy_layout({"w": _payload(marker)}))
+    return Case(["model.pth"], "model.pth", (RUNS_CODE, "system"))
+
+
+@case
+def legacy_pth_plain_pickle_payload(inp: Path, outside: Path, marker: Path) -> Case:
+    """A bare payload pickle named .pth: no torch magic number, so not one opcode is run."""
     (inp / "model.pth").write_bytes(pickle.dumps(_payload(marker), protocol=2))
-    return Case(["model.pth"], "model.pth", ("pickle",))
+    return Case(["model.pth"], "model.pth", ("plain pickle", "not unpickled"))
+
+
+@case
+def legacy_pth_eval_payload(inp: Path, outside: Path, marker: Path) -> Case:
+    from helpers_pickles import Payload
+
+    evil = Payload(eval, f"open({str(marker)!r}, 'w')")
+    (inp / "model.pth").write_bytes(_legacy_layout({"state_dict": {"w": evil}}))
+    return Case(["model.pth"], "model.pth", (RUNS_CODE, "eval"))
+
+
+@case
+def legacy_pth_reduce_payload(inp: Path, outside: Path, marker: Path) -> Case:
+    """A `__reduce__` to a function of the user's own code (importable: PYTHONPATH=tests)."""
+    from helpers_pickles import Payload, touch_marker
+
+    (inp / "model.pth").write_bytes(_legacy_layout(Payload(touch_marker, str(marker))))
+    return Case(["model.pth"], "model.pth", (RUNS_CODE, "touch_marker"))
+
+
+def _legacy_layout(root: object) -> bytes:
+    """The five pickles of the legacy format around `root`, with no storages."""
+    magic, version = 0x1950A86A20F9469CFC6C, 1001
+    parts = [magic, version, {"protocol_version": version, "little_endian": True}, root, []]
+    return b"".join(pickle.dumps(p, protocol=2) for p in parts)
 
 
 @case
@@ -360,6 +392,134 @@ def torch_zip_entry_name_not_utf8(inp: Path, outside: Path, marker: Path) -> Cas
     data[central + 46] = 0xFF  # first byte of its name
     (inp / "model.pt").write_bytes(bytes(data))
     return Case(["model.pt"], "model.pt", ("not UTF-8",))
+
+
+# ------------------------------------------------------------------ legacy torch files
+
+
+def _legacy_save(obj: object, path: Path) -> bytes:
+    import torch
+
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path.read_bytes()
+
+
+def _pickle_ends(data: bytes) -> list[int]:
+    """End offsets of the legacy format's five pickles; the storages follow the last."""
+    import pickletools
+
+    ends, pos = [], 0
+    for _ in range(5):
+        pos += next(p for op, _a, p in pickletools.genops(data[pos:]) if op.name == "STOP") + 1
+        ends.append(pos)
+    return ends
+
+
+def _legacy_weights() -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return {"fc.weight": torch.randn(16, 8, generator=g), "fc.bias": torch.zeros(16)}
+
+
+def _legacy_cut(section: str) -> Builder:
+    def build(inp: Path, outside: Path, marker: Path) -> Case:
+        data = _legacy_save(_legacy_weights(), inp / "model.pth")
+        ends = _pickle_ends(data)
+        cut = {
+            "checkpoint-pickle": (ends[2] + ends[3]) // 2,
+            "key-list": ends[4] - 3,
+            "storage-count": ends[4] + 4,
+            "storage-bytes": len(data) - 100,
+        }[section]
+        (inp / "model.pth").write_bytes(data[:cut])
+        return Case(["model.pth"], "model.pth", ("truncated",))
+
+    build.__name__ = f"legacy_pth_truncated_in_{section.replace('-', '_')}"
+    return build
+
+
+for _section in ("checkpoint-pickle", "key-list", "storage-count", "storage-bytes"):
+    case(_legacy_cut(_section))
+
+
+@case
+def legacy_pth_count_forged_huge(inp: Path, outside: Path, marker: Path) -> Case:
+    """A storage's element count forged to 2**60: refused before anything is allocated."""
+    data = bytearray(_legacy_save(_legacy_weights(), inp / "model.pth"))
+    at = _pickle_ends(bytes(data))[-1]
+    data[at : at + 8] = (2**60).to_bytes(8, "little")
+    (inp / "model.pth").write_bytes(bytes(data))
+    return Case(["model.pth"], "model.pth", ("1152921504606846976 elements", "the pickle says"))
+
+
+@case
+def legacy_pth_storage_key_mismatch(inp: Path, outside: Path, marker: Path) -> Case:
+    """The key list names a storage no tensor uses, in place of one they do."""
+    data = _legacy_save(_legacy_weights(), inp / "model.pth")
+    ends = _pickle_ends(data)
+    keys = pickle.loads(data[ends[3] : ends[4]])
+    forged = pickle.dumps([keys[0], "0"], protocol=2)
+    (inp / "model.pth").write_bytes(data[: ends[3]] + forged + data[ends[4] :])
+    return Case(["model.pth"], "model.pth", ("not in the key list",))
+
+
+@case
+def legacy_pth_that_is_a_zip_bomb(inp: Path, outside: Path, marker: Path) -> Case:
+    """A .pth holding a deflated data.pkl that inflates 1000x: refused unread."""
+    with zipfile.ZipFile(inp / "model.pth", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00." + b"\0" * 64_000_000)
+        zf.writestr("archive/version", "3\n")
+    assert (inp / "model.pth").stat().st_size < 100_000
+    return Case(["model.pth"], "model.pth", ("compressed",))
+
+
+@case
+def legacy_pth_cuda_storages_nan(inp: Path, outside: Path, marker: Path) -> Case:
+    """A GPU-saved legacy file (torch.cuda.FloatStorage, 'cuda:0'): read onto the CPU."""
+    weights = _legacy_weights()
+    weights["fc.weight"][3, 2] = float("nan")
+    data = _legacy_save(weights, inp / "model.pth")
+    data = data.replace(b"ctorch\nFloatStorage\n", b"ctorch.cuda\nFloatStorage\n")
+    data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+    assert b"cuda:0" in data
+    (inp / "model.pth").write_bytes(data)
+    return Case(["model.pth"], rules=("nonfinite-parameter",))
+
+
+@case
+def legacy_ckpt_optimizer_keyed_by_object_id(inp: Path, outside: Path, marker: Path) -> Case:
+    """Old `optimizer.state_dict()`: state and groups keyed by id(param), a layer unused."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"fc": torch.nn.Linear(6, 3), "unused": torch.nn.Linear(3, 2)})
+    adam = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        adam.zero_grad()
+        model["fc"](torch.randn(8, 6)).square().mean().backward()
+        adam.step()
+    blob = adam.state_dict()
+    ids = [id(p) for p in model.parameters()]
+    blob["state"] = {ids[k]: v for k, v in blob["state"].items()}
+    blob["param_groups"] = [
+        dict(g, params=[ids[i] for i in g["params"]]) for g in blob["param_groups"]
+    ]
+    ckpt = {
+        "epoch": 1,
+        "global_step": 3,
+        "state_dict": model.state_dict(),
+        "optimizer_states": [blob],
+    }
+    _legacy_save(ckpt, inp / "last.ckpt")
+    return Case(["last.ckpt", "--select", "stuck-parameter"], rules=("stuck-parameter",))
+
+
+@case
+def legacy_batch_payload(inp: Path, outside: Path, marker: Path) -> Case:
+    (inp / "model.py").write_text(MODEL_PY)
+    (inp / "batch.pt").write_bytes(_legacy_layout({"inputs": _payload(marker)}))
+    return Case(["--model", "model.py:make", "--batch", "batch.pt"], "batch.pt", (RUNS_CODE,))
 
 
 # ------------------------------------------------------------------ TensorBoard

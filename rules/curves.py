@@ -338,15 +338,27 @@ def loss_not_decreasing(
     *,
     min_drop: float = 0.10,
     plateau_fraction: float = 0.4,
-    min_points: int = 10,
+    min_points: int = 5,
 ) -> Iterator[Finding]:
     """A training loss that does not fall, or stays flat for a long stretch at the start.
 
     ## What it does
-    Splits the training loss into ten equal stretches and compares their medians (robust
-    to per-batch noise). It fires when the last stretch is less than `min_drop` below the
-    first (the loss never really fell), or when the loss stayed within `min_drop` of its
-    starting value for at least `plateau_fraction` of the run before it started to fall.
+    Takes the loss at the start of training (the median of the first three points, or
+    of the first point alone when the log has fewer than twenty) and the median over the
+    last tenth of the run. It fires when the end is less than `min_drop` (10%) below the
+    start: the loss never really fell, or rose. It also fires when the loss stayed
+    within `min_drop` of its start for at least `plateau_fraction` (40%) of the run
+    before it started to fall, judged on a hundred stretches of the run (a running
+    median over three of them), so that a fast drop in the first few percent of the run
+    counts as the drop it is. It needs five points.
+
+    The start is the first points, not the first tenth: a fine-tune often loses a third
+    of its loss in its first 50 steps and then creeps down, and the median of its first
+    tenth already sits at the bottom of that drop. On the public logs in
+    tests/data/public_logs/ the smallest fall among healthy runs is 35% (a ViT
+    fine-tune starting at 0.11); the caught cases fell 7% or less (a T5 fine-tune, 1.91
+    to 1.77 over 215k steps; a Falcon LoRA, 3.26 to 3.02) or rose (a resumed
+    pre-training run; a Whisper run whose 500-step means went 1.24 -> 2.16 -> 1.79).
 
     ## Why is this bad?
     A network that is learning lowers its training loss quickly at first. A loss that
@@ -354,7 +366,9 @@ def loss_not_decreasing(
     rate far too low or so high it blew the model into a dead state, dead or saturated
     units, symmetric initialisation, frozen parameters, a detached graph, or labels
     that do not match the inputs. A long plateau at the start is the same problem,
-    eventually escaped by luck.
+    eventually escaped by luck. A fine-tune whose loss barely moves learned little: the
+    model already knew the task, or the adapter and learning rate are too small to
+    change it.
 
     ## How to fix
     Check the learning rate (a range test helps), that the optimizer holds the model's
@@ -366,19 +380,22 @@ def loss_not_decreasing(
         if curve is None:
             continue
         curve = _finite(curve)
-        if len(curve) < min_points:
+        n = len(curve)
+        if n < min_points:
             continue
-        medians = _bin_medians(curve.values, 10)
-        start, end = medians[0], medians[-1]
+        x = curve.values
+        # Three points resist one odd batch, but in a short log they are a third of the run.
+        start = float(np.median(x[: 3 if n >= 20 else 1]))
+        end = float(np.median(x[-max(1, n // 10) :]))
         if start <= 0:
             continue
         drop = (start - end) / start
-        evidence = {"start_value": float(start), "end_value": float(end), "drop": float(drop)}
+        evidence = {"start_value": start, "end_value": end, "drop": float(drop)}
         if drop < min_drop:
             yield Finding(
                 message=(
-                    f"{curve.name} did not fall: {start:.4g} over the first tenth of the run, "
-                    f"{end:.4g} over the last ({-drop:+.0%})"
+                    f"{curve.name} did not fall: {start:.4g} at the start of the run, "
+                    f"{end:.4g} over its last tenth ({-drop:+.0%})"
                 ),
                 location=_where(log, curve.name),
                 evidence={
@@ -389,15 +406,16 @@ def loss_not_decreasing(
                 },
             )
             continue
-        below = np.nonzero(medians < start * (1 - min_drop))[0]
-        flat = int(below[0]) if below.size else len(medians)
-        if flat / len(medians) >= plateau_fraction:
-            parts = np.array_split(np.arange(len(curve)), len(medians))
+        parts = np.array_split(np.arange(n), min(n, 100))
+        level = _running_median(_bin_medians(x, len(parts)))
+        below = np.nonzero(level < start * (1 - min_drop))[0]
+        flat = int(below[0]) if below.size else len(parts)
+        if flat / len(parts) >= plateau_fraction:
             until = int(curve.steps[parts[flat - 1][-1]])
             yield Finding(
                 message=(
                     f"{curve.name} stayed at its initial value ({start:.4g}) for the first "
-                    f"{flat / len(medians):.0%} of the run (until step {until}) before it fell"
+                    f"{flat / len(parts):.0%} of the run (until step {until}) before it fell"
                 ),
                 location=_where(log, curve.name),
                 evidence={

@@ -130,6 +130,42 @@ def torch_zip() -> Seeds:
     return {"state_dict": _torch_bytes(model.state_dict()), "lightning": _torch_bytes(lightning)}
 
 
+def _legacy_bytes(obj: object) -> bytes:
+    import torch
+
+    out = io.BytesIO()
+    torch.save(obj, out, _use_new_zipfile_serialization=False)
+    return out.getvalue()
+
+
+def legacy_torch() -> Seeds:
+    import torch
+
+    model = _tiny_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    opt.step()
+    ids = [id(p) for p in model.parameters()]
+    old_style = opt.state_dict()  # keyed by id(param), as torch before 1.x wrote it
+    old_style["state"] = {ids[k]: v for k, v in old_style["state"].items()}
+    old_style["param_groups"] = [
+        dict(g, params=[ids[i] for i in g["params"]]) for g in old_style["param_groups"]
+    ]
+    base = torch.arange(12, dtype=torch.float32)
+    lightning = {
+        "epoch": 3,
+        "global_step": 12,
+        "state_dict": model.state_dict(),
+        "optimizer_states": [old_style],
+    }
+    views = {"base": base, "t": base.view(3, 4).t(), "row": base.view(3, 4)[1], "s": base[2]}
+    return {
+        "state_dict": _legacy_bytes(model.state_dict()),
+        "lightning": _legacy_bytes(lightning),
+        "views": _legacy_bytes(views),
+    }
+
+
 def pickle() -> Seeds:
     import pickle as std
 
@@ -208,7 +244,7 @@ BUILDERS: dict[str, Callable[[], Seeds]] = {
     f.__name__: f
     for f in (
         tensorboard, csv_log, jsonl_log, trainer_state, mlflow, safetensors, torch_zip,
-        pickle, onnx, npz_split, csv_split, image_split, batch,
+        legacy_torch, pickle, onnx, npz_split, csv_split, image_split, batch,
     )
 }  # fmt: skip
 

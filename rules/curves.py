@@ -430,6 +430,29 @@ def loss_not_decreasing(
 # ------------------------------------------------------------------ loss-spikes
 
 
+def _learning_rate(log: TrainingLog) -> Curve | None:
+    """The logged learning rate (HF `learning_rate`, Lightning `lr-Adam`, Keras `lr`)."""
+    for name, curve in log.curves.items():
+        words = tokens(name)
+        if len(curve) and ("lr" in words or ("learning" in words and "rate" in words)):
+            return _finite(curve)
+    return None
+
+
+def _lr_raised(lr: Curve, steps: np.ndarray, window: int, factor: float = 1.5) -> np.ndarray:
+    """Loss points at which the learning rate is `factor` above where it was `window` back.
+
+    Warm-up and the restarts of a cyclic or warm-restart schedule raise the learning
+    rate on purpose, and the loss answers with a rise: that is the schedule working.
+    """
+    if not len(lr):
+        return np.zeros(len(steps), dtype=bool)
+    at = np.clip(np.searchsorted(lr.steps, steps, side="right") - 1, 0, len(lr) - 1)
+    rate = lr.values[at]
+    before = rate[np.maximum(np.arange(len(rate)) - window, 0)]
+    return rate > before * factor
+
+
 @rule(name="loss-spikes", group="curves", severity=Severity.WARNING, needs=("logs",))
 def loss_spikes(
     logs: list[TrainingLog],
@@ -482,13 +505,21 @@ def loss_spikes(
         base = _trailing_median(x, window)
         with np.errstate(invalid="ignore"):
             spike = (x > base * factor) & (x - base > min_jump_of_start * scale) & (base > 0)
+        lr = _learning_rate(log)
+        if lr is not None:
+            spike &= ~_lr_raised(lr, curve.steps, window)
         idx = np.nonzero(spike)[0]
         if idx.size:
             events = np.split(idx, np.nonzero(np.diff(idx) > 1)[0] + 1)
             top = int(idx[np.argmax(x[idx] / base[idx])])
             later = x[top + 1 : top + 1 + window]
-            # Back nearer (geometrically) to the level before the spike than to its peak.
-            recovered = bool(later.size and np.median(later) ** 2 <= x[top] * base[top])
+            # Back nearer (geometrically) to the level before the spike than to its peak, or
+            # back within a jump too small to count: near zero, a loss that goes from 0.01 to
+            # 0.07 and settles at 0.03 is batch noise, not a model knocked off its path.
+            settled = float(np.median(later)) if later.size else float("inf")
+            recovered = bool(
+                settled**2 <= x[top] * base[top] or settled - base[top] <= min_jump_of_start * scale
+            )
             outcome = "and came back down" if recovered else "and did not recover"
             # A hard batch that the run shrugs off is worth knowing, not a warning.
             yield Finding(

@@ -72,6 +72,26 @@ def oscillating() -> np.ndarray:
     return level * swing
 
 
+def early_drop_then_creep() -> np.ndarray:
+    """A LoRA fine-tune's loss: 1.53 -> 1.06 in its first 5 of 100 points, then creeping down."""
+    return np.r_[np.linspace(1.53, 1.06, 5), noisy(np.linspace(1.06, 0.93, 95), 0.01)]
+
+
+def near_zero_train() -> np.ndarray:
+    return noisy(decay(EPOCHS * STEPS_PER_EPOCH, 0.7, 0.003, rate=20))
+
+
+def warm_restarts(
+    n: int = EPOCHS * STEPS_PER_EPOCH, cycles: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """(loss, learning rate) of a cosine schedule with warm restarts: the loss jumps at each."""
+    t = np.linspace(0, 1, n // cycles)
+    lr = np.tile(1e-3 * (1 + np.cos(np.pi * t)) / 2 + 1e-6, cycles)
+    level = np.repeat(np.linspace(2.3, 1.8, cycles), n // cycles)
+    loss = noisy(level * (0.05 + 0.95 * np.tile(np.exp(-8 * t), cycles)) + 0.05, 0.03)
+    return loss, lr
+
+
 @dataclass
 class Case:
     id: str
@@ -97,10 +117,21 @@ CASES = [
          lambda: history(healthy_train()[:80], overfit_val()[12:16]), False),
     Case("val-comes-back", "train-val-divergence",
          lambda: history(healthy_train(), np.r_[overfit_val()[:30], np.full(10, overfit_val()[15])]), False),
+    Case("five-evaluations-rising", "train-val-divergence",
+         lambda: history(healthy_train()[:100], np.array([0.31, 0.36, 0.42, 0.45, 0.47])), True, "warning"),
+    Case("three-evaluations-rising", "train-val-divergence",
+         lambda: history(healthy_train()[:60], np.array([0.32, 0.33, 0.44])), True, "warning"),
+    Case("five-evaluations-levelling-off", "train-val-divergence",
+         lambda: history(healthy_train()[:100], np.array([0.071, 0.048, 0.049, 0.048, 0.057])), False),
+    Case("three-evaluations-late-best", "train-val-divergence",
+         lambda: history(healthy_train()[:60], np.array([0.40, 0.32, 0.44])), False),
     Case("flat", "loss-not-decreasing", lambda: history(noisy(np.full(800, 2.3), 0.05)), True, "warning"),
     Case("long-plateau-then-drop", "loss-not-decreasing",
          lambda: history(np.r_[noisy(np.full(500, 2.3), 0.02), decay(300)]), True, "warning"),
     Case("normal-decay", "loss-not-decreasing", lambda: history(healthy_train()), False),
+    Case("early-fast-drop", "loss-not-decreasing", lambda: history(early_drop_then_creep()), False),
+    Case("rises-over-five-points", "loss-not-decreasing",
+         lambda: history(np.array([1.24, 2.03, 2.16, 1.98, 1.79])), True, "warning"),
     Case("one-spike-recovered", "loss-spikes",
          lambda: history(with_spike(healthy_train(), 500, 8.0, recover=True)), True, "info"),
     Case("blow-up", "loss-spikes",
@@ -111,6 +142,8 @@ CASES = [
     Case("plain-noise", "loss-spikes", lambda: history(healthy_train()), False),
     Case("val-half-of-train", "val-better-than-train",
          lambda: history(healthy_train(), healthy_val()[::1] * 0.4), True, "warning"),
+    Case("near-zero-val-below-train", "val-better-than-train",
+         lambda: history(near_zero_train(), near_zero_train()[STEPS_PER_EPOCH - 1 :: STEPS_PER_EPOCH] * 0.6), False),
     Case("val-above-train", "val-better-than-train",
          lambda: history(healthy_train(), healthy_val() * 1.1), False),
     Case("test-every-epoch", "test-set-selection",
@@ -147,3 +180,23 @@ def test_divergence_reports_the_best_evaluation_and_the_rise(tmp_path):
     assert abs(finding.evidence["best_epoch"] - 15) <= 2
     assert finding.evidence["rise"] == pytest.approx(0.6 / overfit_val()[15], rel=0.2)
     assert finding.location.object == "val_loss"
+
+
+def _records_with_lr(loss: np.ndarray, lr: np.ndarray | None) -> list[dict]:
+    rows = [{"step": i + 1, "train_loss": float(v)} for i, v in enumerate(loss)]
+    if lr is not None:
+        for row, rate in zip(rows, lr, strict=True):
+            row["lr"] = float(rate)
+    return rows
+
+
+@pytest.mark.parametrize("with_lr", [True, False])
+def test_a_warm_restart_is_no_spike_when_the_learning_rate_shows_it(tmp_path, with_lr):
+    loss, lr = warm_restarts()
+    path = tmp_path / "log.jsonl"
+    records = _records_with_lr(loss, lr if with_lr else None)
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    result, _ = check(CheckOptions(logs=[str(path)], select=["loss-spikes"]))
+    assert not result.errors
+    # Without the learning rate to explain it, the same jump is reported.
+    assert bool(result.findings) != with_lr, [f.message for f in result.findings]

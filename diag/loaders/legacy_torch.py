@@ -251,10 +251,12 @@ class LegacyTorch(TorchZip):
             raise InputError(self.path, "corrupt legacy torch file (storage keys are not a list)")
         if len(keys) > MAX_ENTRIES:
             raise InputError(self.path, f"{len(keys)} storages (cap {MAX_ENTRIES})")
-        if len(set(keys)) != len(keys):
-            dup = next(k for i, k in enumerate(keys) if k in keys[:i])
-            raise InputError(self.path, f"storage {dup!r} is listed twice in the key list")
-        listed, used = set(keys), set(self.roots)
+        listed: set[str] = set()
+        for key in keys:
+            if key in listed:
+                raise InputError(self.path, f"storage {key!r} is listed twice in the key list")
+            listed.add(key)
+        used = set(self.roots)
         if listed != used:
             extra, missing = sorted(listed - used), sorted(used - listed)
             cause = (

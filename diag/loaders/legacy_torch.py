@@ -110,11 +110,13 @@ class LegacyUnpickler(RestrictedUnpickler):
         if not isinstance(key, str) or not _count(numel):
             raise UnsupportedPickle("storage with an invalid key or size")
         if not isinstance(location, str | bytes):
-            raise UnsupportedPickle(f"storage {key!r} with a location that is not a device name")
+            raise UnsupportedPickle(
+                f"storage {_shown(key)} with a location that is not a device name"
+            )
         root = StorageRef(key, stype.dtype, numel, stype.untyped)
         known = self._reader.roots.setdefault(key, root)
         if known != root:
-            raise UnsupportedPickle(f"storage {key!r} is declared with two types or sizes")
+            raise UnsupportedPickle(f"storage {_shown(key)} is declared with two types or sizes")
         self._reader.locations.setdefault(key, _text(location))
         if view is None:
             return root
@@ -122,21 +124,30 @@ class LegacyUnpickler(RestrictedUnpickler):
 
     def _view(self, root: StorageRef, view: Any) -> StorageRef:
         if not (isinstance(view, tuple) and len(view) == 3):
-            raise UnsupportedPickle(f"storage {root.key!r} with invalid view metadata")
+            raise UnsupportedPickle(f"storage {_shown(root.key)} with invalid view metadata")
         view_key, offset, numel = view
         if not isinstance(view_key, str) or not _count(offset) or not _count(numel):
-            raise UnsupportedPickle(f"storage {root.key!r} with invalid view metadata")
+            raise UnsupportedPickle(f"storage {_shown(root.key)} with invalid view metadata")
         if offset + numel > root.numel:
-            raise UnsupportedPickle(f"view {view_key!r} reaches past the end of {root.key!r}")
+            raise UnsupportedPickle(
+                f"view {_shown(view_key)} reaches past the end of {_shown(root.key)}"
+            )
         ref = StorageRef(view_key, root.dtype, numel, root.untyped)
         known = self._reader.views.setdefault(view_key, (root.key, offset, ref))
         if known != (root.key, offset, ref):
-            raise UnsupportedPickle(f"view {view_key!r} is declared twice, differently")
+            raise UnsupportedPickle(f"view {_shown(view_key)} is declared twice, differently")
         return ref
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A size or offset: a non-negative int that fits the 8-byte count torch writes (and
+    that a message can print: str() refuses ints of over 4300 digits)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
+
+
+def _shown(key: str) -> str:
+    """A storage key for a one-line message: torch's are short numbers, a forged one need not be."""
+    return repr(key) if len(key) <= 40 else f"{key[:40]!r}..."
 
 
 def _text(value: str | bytes) -> str:
@@ -181,9 +192,10 @@ class LegacyTorch(TorchZip):
         pos, magic = self._load(fh, 0, "magic number", only=_INT_OPCODES)
         if not (isinstance(magic, int) and magic == MAGIC_NUMBER):
             raise InputError(self.path, _PLAIN_PICKLE)
-        pos, version = self._load(fh, pos, "protocol version")
-        if not (isinstance(version, int) and version == PROTOCOL_VERSION):
-            raise InputError(self.path, f"unsupported legacy torch protocol {version!r}")
+        pos, version = self._load(fh, pos, "protocol version", only=_INT_OPCODES)
+        if version != PROTOCOL_VERSION:
+            shown = version if version.bit_length() <= 64 else "(a huge int)"
+            raise InputError(self.path, f"unsupported legacy torch protocol {shown}")
         pos, sys_info = self._load(fh, pos, "system info")
         if not isinstance(sys_info, dict):
             raise InputError(self.path, "corrupt legacy torch file (system info is not a dict)")
@@ -230,7 +242,8 @@ class LegacyTorch(TorchZip):
         try:
             for opcode, _arg, pos in pickletools.genops(window):
                 if only is not None and opcode.name not in only:
-                    raise InputError(self.path, _PLAIN_PICKLE)
+                    cause = f"corrupt legacy torch file (the {what} is not an int)"
+                    raise InputError(self.path, _PLAIN_PICKLE if start == 0 else cause)
                 last = (opcode.name, pos)
         except InputError:
             raise
@@ -254,20 +267,22 @@ class LegacyTorch(TorchZip):
         listed: set[str] = set()
         for key in keys:
             if key in listed:
-                raise InputError(self.path, f"storage {key!r} is listed twice in the key list")
+                raise InputError(
+                    self.path, f"storage {_shown(key)} is listed twice in the key list"
+                )
             listed.add(key)
         used = set(self.roots)
         if listed != used:
             extra, missing = sorted(listed - used), sorted(used - listed)
             cause = (
-                f"storage {missing[0]!r} is used by the pickle but not in the key list"
+                f"storage {_shown(missing[0])} is used by the pickle but not in the key list"
                 if missing
-                else f"storage {extra[0]!r} is in the key list but no tensor uses it"
+                else f"storage {_shown(extra[0])} is in the key list but no tensor uses it"
             )
             raise InputError(self.path, cause)
         clash = sorted(set(self.views) & used)
         if clash:
-            raise InputError(self.path, f"storage {clash[0]!r} is both a storage and a view")
+            raise InputError(self.path, f"storage {_shown(clash[0])} is both a storage and a view")
         return keys
 
     # ------------------------------------------------------------ the storages
@@ -278,12 +293,14 @@ class LegacyTorch(TorchZip):
             ref = self.roots[key]
             head = self._file.pread(pos, _COUNT_BYTES)
             if len(head) < _COUNT_BYTES:
-                raise InputError(self.path, f"truncated: the file ends before storage {key!r}")
+                raise InputError(
+                    self.path, f"truncated: the file ends before storage {_shown(key)}"
+                )
             count = int.from_bytes(head, "little")
             if count != ref.numel:
                 raise InputError(
                     self.path,
-                    f"storage {key!r} holds {count} elements, the pickle says {ref.numel}",
+                    f"storage {_shown(key)} holds {count} elements, the pickle says {ref.numel}",
                 )
             nbytes = count * _itemsize(ref)
             start = pos + _COUNT_BYTES

@@ -22,50 +22,91 @@ DUPLICATES = 4  # unit 0 copied over units 1..3
 
 @dataclass(frozen=True)
 class Targets:
-    """One tensor per fault, all different, so each finding points at its own fault."""
+    """One tensor per fault, each a different one, so each finding points at its own fault.
 
-    nan: str
-    constant: str
-    duplicate: str
-    stuck: str
+    A fault is None when the model has no tensor it makes sense in (a single-unit layer
+    cannot have duplicated units).
+    """
+
+    nan: str | None
+    constant: str | None
+    duplicate: str | None
+    duplicate_axis: int
+    stuck: str | None
 
 
 # ------------------------------------------------------------------ choosing targets
 
 
-def choose_targets(arrays: dict[str, np.ndarray], *, conv_only_duplicate: bool) -> Targets:
+def choose_targets(arrays: dict[str, np.ndarray], axes: dict[str, int] | None) -> Targets:
     """Weight matrices and kernels big enough for every rule to judge.
 
-    In an ONNX graph only a Conv kernel is sure to keep output units on axis 0 (a MatMul
-    weight is stored transposed, a Gather table holds tokens), hence `conv_only_duplicate`.
-    Embedding tables are not units either.
+    `axes` says which axis of each tensor indexes output units. None means PyTorch
+    layouts (axis 0 of every weight). For ONNX it comes from the operator that consumes the
+    tensor (`onnx_unit_axes`): a MatMul weight is stored transposed, a TensorFlow export
+    feeds kernels through a Transpose, and a tensor no known operator consumes has no units.
     """
-    candidates = sorted(
-        (name for name, a in arrays.items() if _is_weight(name, a)),
-        key=lambda name: (-arrays[name].size, name),
+    order = list(arrays)
+    weights = sorted(
+        (n for n, a in arrays.items() if _is_weight(n, a)), key=lambda n: (-arrays[n].size, n)
     )
-    if len(candidates) < 3:
-        raise ValueError(f"only {len(candidates)} weight tensors to plant into")
-    nan, constant = candidates[0], candidates[1]
+
+    def axis(name: str) -> int | None:
+        return 0 if axes is None else axes.get(name)
+
+    with_units = [n for n in weights if axis(n) is not None and arrays[n].shape[axis(n)] >= 2]
+    nan = weights[0] if weights else None
+    constant = next((n for n in with_units if n != nan), None)
     duplicable = [
-        n
-        for n in candidates[2:]
-        if (arrays[n].ndim >= 3 or not conv_only_duplicate) and "embed" not in n.lower()
-    ] or candidates[2:]
-    duplicate = duplicable[len(duplicable) // 2]
-    stuck = candidates[-1] if candidates[-1] not in (nan, constant, duplicate) else candidates[2]
-    return Targets(nan, constant, duplicate, stuck)
+        n for n in with_units if n not in (nan, constant) and _duplicable(arrays[n], axis(n))
+    ]
+    duplicate = _pick_hidden_layer(duplicable, arrays, order)
+    used = {nan, constant, duplicate}
+    spare = [n for n in reversed(with_units) if n not in used] or list(reversed(weights))
+    stuck = spare[0] if spare else None
+    dup_axis = axis(duplicate) if duplicate is not None else None
+    return Targets(nan, constant, duplicate, 0 if dup_axis is None else dup_axis, stuck)
 
 
 def _is_weight(name: str, a: np.ndarray) -> bool:
-    if a.dtype.kind != "f" or a.ndim < 2 or name.endswith(BUFFER_SUFFIXES):
+    return (
+        a.dtype.kind == "f"
+        and a.ndim >= 2
+        and a.size >= 8
+        and not name.endswith(BUFFER_SUFFIXES)
+        and bool(np.isfinite(a).all())
+    )
+
+
+def _duplicable(a: np.ndarray, axis: int | None) -> bool:
+    if axis is None:
         return False
-    units, fan_in = a.shape[0], a.size // max(a.shape[0], 1)
-    if units < DUPLICATES + 2 or fan_in < 8 or not np.isfinite(a).all():
+    rows = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).astype(np.float64)
+    units, fan_in = rows.shape
+    if units < DUPLICATES + 2 or fan_in < 8:
         return False
-    rows = a.reshape(units, -1).astype(np.float64)
     # The unit copied must carry weights, and the layer must not already repeat units.
     return bool(rows[0].std() > 0 and np.unique(rows, axis=0).shape[0] == units)
+
+
+def _pick_hidden_layer(
+    names: list[str], arrays: dict[str, np.ndarray], order: list[str]
+) -> str | None:
+    """A hidden layer's weight: duplicated output rows of a classifier head are not a fault.
+
+    A spatial kernel is hidden almost always; the last matrix in the file is usually the
+    head, and embedding tables hold tokens, not units.
+    """
+    names = [n for n in names if "embed" not in n.lower()]
+    spatial = [n for n in names if arrays[n].ndim >= 3 and int(np.prod(arrays[n].shape[2:])) > 1]
+    matrices = [n for n in names if arrays[n].ndim == 2]
+    if matrices:
+        last = max(matrices, key=order.index)
+        matrices.remove(last)
+    for group in (spatial, [n for n in names if arrays[n].ndim >= 3], matrices):
+        if group:
+            return group[len(group) // 2]
+    return None
 
 
 # ------------------------------------------------------------------ the faults
@@ -81,28 +122,46 @@ def made_constant(a: np.ndarray) -> np.ndarray:
     return np.full_like(a, 0.05)
 
 
-def with_duplicate_units(a: np.ndarray) -> np.ndarray:
-    out = a.copy()
-    out[1:DUPLICATES] = out[0]
-    return out
+def duplicating_units(axis: int) -> Callable[[np.ndarray], np.ndarray]:
+    def edit(a: np.ndarray) -> np.ndarray:
+        out = np.moveaxis(a.copy(), axis, 0)
+        out[1:DUPLICATES] = out[0]
+        return np.moveaxis(out, 0, axis)
+
+    return edit
 
 
 def moved(a: np.ndarray, seed: int) -> np.ndarray:
-    """An earlier state of a trained tensor: the same tensor minus a small random step."""
+    """An earlier state of a trained tensor: the same tensor minus a random step.
+
+    The step has a floor, so that tiny constants (an epsilon of 1e-10) move by more than
+    any tolerance too.
+    """
     if a.dtype.kind != "f" or a.size == 0:
         return a
     finite = np.isfinite(a)
-    scale = float(np.abs(a[finite]).mean()) if finite.any() else 0.0
-    step = np.random.default_rng(seed).standard_normal(a.shape) * 0.02 * (scale or 1e-3)
+    scale = max(float(np.abs(a[finite]).mean()) * 0.02 if finite.any() else 0.0, 1e-3)
+    step = np.random.default_rng(seed).standard_normal(a.shape) * scale
     return np.where(finite, a - step, a).astype(a.dtype)
 
 
 def planted(targets: Targets) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    return {
+    edits = {
         targets.nan: with_nan,
         targets.constant: made_constant,
-        targets.duplicate: with_duplicate_units,
+        targets.duplicate: duplicating_units(targets.duplicate_axis),
     }
+    return {name: edit for name, edit in edits.items() if name is not None}
+
+
+def expected_errors(targets: Targets) -> set[tuple[str, str]]:
+    """The (rule, tensor) error findings the planted faults must cause."""
+    pairs = {
+        ("nonfinite-parameter", targets.nan),
+        ("constant-parameter", targets.constant),
+        ("symmetric-units", targets.duplicate),
+    }
+    return {(rule, name) for rule, name in pairs if name is not None}
 
 
 # ------------------------------------------------------------------ ONNX
@@ -117,12 +176,36 @@ def onnx_arrays(path: Path) -> dict[str, np.ndarray]:
     return {name: numpy_helper.to_array(t) for name, t in _onnx_tensors(model)}
 
 
-def top_level_onnx_arrays(path: Path) -> dict[str, np.ndarray]:
+# The input of each operator that holds a weight, and the axis of its output units.
+WEIGHT_INPUTS = {"Conv": 0, "ConvInteger": 0, "ConvTranspose": 1, "MatMul": -1, "MatMulInteger": -1}
+
+
+def onnx_unit_axes(path: Path) -> dict[str, int]:
+    """Output-unit axis of every stored tensor a weight-taking operator consumes."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    return {name: numpy_helper.to_array(t) for name, t in _graph_tensors(model.graph, False)}
+    axes: dict[str, int] = {}
+    for node in _all_nodes(model.graph):
+        if len(node.input) < 2:
+            continue
+        if node.op_type in WEIGHT_INPUTS:
+            axes[node.input[1]] = WEIGHT_INPUTS[node.op_type]
+        elif node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            axes[node.input[1]] = 0 if trans_b else 1
+    return axes
+
+
+def _all_nodes(graph) -> Iterator[object]:
+    import onnx
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                yield from _all_nodes(sub)
 
 
 def edit_onnx(source: Path, target: Path, edit: Callable[[str, np.ndarray], np.ndarray]) -> None:

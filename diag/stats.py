@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _EMBED = re.compile(r"(embed|wte|wpe|tok_emb|pos_emb|lookup|\bemb\b|shared\.weight$)", re.I)
 _NORM = re.compile(r"(norm|bn|ln_|\.ln\d*\.|layernorm|batchnorm|groupnorm|rmsnorm)", re.I)
+# Fixed signal-processing bases (STFT, DFT/DCT, mel and constant-Q filterbanks, windows)
+# are computed, not learned: their sine rows at 0 and Nyquist are zero by construction,
+# so rules about what training did to units do not apply to them.
+_FIXED_TRANSFORM = re.compile(
+    r"(stft|[^a-z]fft|\bdft|\bdct|basis|filterbank|filter_bank|mel_?fb|melscale|window_buffer|cqt|cq_t)",
+    re.I,
+)
 # First-layer kernels are small; keeping them (not deeper ones) bounds memory.
 MAX_KEPT_KERNEL_NUMEL = 1 << 18
 PROJECTIONS = 16
@@ -108,8 +115,14 @@ def classify(info: TensorInfo) -> str:
         return "bn_buffer"
     if not info.is_float:
         return "buffer"
+    if _FIXED_TRANSFORM.search(info.name):
+        return "transform"
     if info.op in ("conv", "linear", "embedding", "norm"):
         return info.op
+    if info.op is None and sum(d > 1 for d in info.shape) <= 1:
+        # A graph's per-channel constant stored broadcastable, (C, 1, 1): a vector whose
+        # "units" would be single numbers, and equal numbers are not copied units.
+        return "vector"
     ndim = len(info.shape)
     if ndim >= 3:
         return "embedding" if _EMBED.search(info.name) else "conv"

@@ -229,13 +229,17 @@ def dead_units(
     probe: Any = None,
     *,
     min_dead_fraction: float = 0.5,
+    min_zero_fraction: float = 0.1,
 ) -> Iterator[Finding]:
     """Units whose incoming weights are all zero, or that never fire on real inputs.
 
     ## What it does
     Finds output units (rows of a Linear weight, filters of a conv) whose weight vector is
-    zero, relative to the largest unit of the same layer. A layer whose every unit is dead
-    is an error; a few dead units are a warning. With `--model` and `--batch`, it also
+    zero (below 1e-7 of the largest unit of the same layer). At least `min_zero_fraction`
+    (10%) of a layer is a warning; fewer is info, since a few dead filters are common in
+    healthy trained networks (EasyOCR's CRAFT detector, a VGG16-BN backbone, has 1 of 128
+    in two layers; no zoo model that was not pruned has more than 1%). A wholly zero
+    weight is `constant-parameter`'s finding. With `--model` and `--batch`, it also
     runs the batch through the model and reports Linear/Conv layers feeding a ReLU whose
     pre-activation is never positive on the batch for at least `min_dead_fraction` of
     their units (every unit: an error), whether the ReLU is a module or a functional call.
@@ -267,7 +271,7 @@ def dead_units(
     with zero units are still a warning, each.
     """
     if checkpoint is not None:
-        yield from _zero_units(checkpoint)
+        yield from _zero_units(checkpoint, min_zero_fraction)
     for layer in activations.layers if activations is not None else ():
         if layer.consumer != "relu" or not layer.n_units:
             continue
@@ -290,13 +294,13 @@ def dead_units(
         )
 
 
-def _zero_units(checkpoint: Checkpoint) -> Iterator[Finding]:
+def _zero_units(checkpoint: Checkpoint, min_zero_fraction: float) -> Iterator[Finding]:
     layers = [s for s in checkpoint.stats.values() if s.is_weight and s.n_zero_units]
     if len(layers) >= PRUNED_LAYERS:
         units = sum(s.n_zero_units for s in layers)
         total = sum(s.n_units for s in layers)
         yield Finding(
-            f"{units} units in {len(layers)} layers have exactly zero incoming weights: the "
+            f"{units} units in {len(layers)} layers have zero incoming weights: the "
             "pattern of structured pruning (or of channels switched off and folded away at "
             "export), not of units that died in training",
             _at(checkpoint, layers[0].name, layers=[s.name for s in layers[:MAX_NAMED_LAYERS]]),
@@ -305,7 +309,8 @@ def _zero_units(checkpoint: Checkpoint) -> Iterator[Finding]:
         )
         return
     for s in layers:
-        severity = Severity.ERROR if s.n_zero_units == s.n_units else Severity.WARNING
+        fraction = s.n_zero_units / s.n_units
+        severity = Severity.WARNING if fraction >= min_zero_fraction else Severity.INFO
         yield Finding(
             f"{s.n_zero_units} of {s.n_units} units have all-zero incoming weights",
             _at(checkpoint, s.name, units=list(s.zero_units[:16])),
@@ -545,7 +550,7 @@ def output_heads(stats: dict[str, TensorStats]) -> set[str]:
 
 
 @rule(name="noisy-kernels", group=GROUP, severity=Severity.WARNING, needs=("checkpoint",))
-def noisy_kernels(checkpoint: Checkpoint, *, alpha: float = 0.01) -> Iterator[Finding]:
+def noisy_kernels(checkpoint: Checkpoint, *, alpha: float = 0.05) -> Iterator[Finding]:
     """First-layer convolution kernels that still look like random noise.
 
     ## What it does
@@ -554,6 +559,14 @@ def noisy_kernels(checkpoint: Checkpoint, *, alpha: float = 0.01) -> Iterator[Fi
     autocorrelation and tests the layer against a permutation null: the same kernels with
     their pixels shuffled. It fires when the layer is no smoother than shuffled noise
     (probability ≥ `alpha` under the null). Deeper layers are not judged on smoothness.
+
+    The level `alpha` is 5%: a layer is called noise only when shuffling its pixels makes
+    it at least as smooth in 5% or more of 200 rounds. A layer of pure noise escapes with
+    probability 5%; a trained one is rarely that close to noise. Measured: trained first
+    layers on the zoo give p ≤ 0.01 (the rough one is EasyOCR's 3×3 grayscale stem, median
+    -0.02 against a null of -0.11, p = 0.01) and our digits CNNs p < 0.01 on every seed;
+    the faults caught give p = 0.11 (a 64-sample overfit run) to 0.42 (a stem cut from the
+    gradient). (At 1% the EasyOCR stem was a false alarm.)
 
     Which layer sees the input is read from structure, not guessed from shapes: in an ONNX
     graph, the convolutions that a path from a graph input reaches without crossing another

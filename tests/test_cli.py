@@ -24,7 +24,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     good = {"fc1.weight": torch.rand(16, 32) - 0.5, "fc2.weight": torch.rand(4, 16) - 0.5}
     bad = dict(good, **{"fc1.weight": torch.zeros(16, 32)})
-    warn = dict(good, **{"fc1.weight": good["fc1.weight"].index_fill(0, torch.tensor([2]), 0.0)})
+    warn = dict(good, **{"fc1.weight": good["fc1.weight"].index_fill(0, torch.tensor([2, 9]), 0.0)})
     paths = {}
     for name, state in (("good", good), ("bad", bad), ("warn", warn)):
         paths[name] = root / f"{name}.pt"

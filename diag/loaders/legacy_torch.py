@@ -18,6 +18,7 @@ tensor is read onto the CPU.
 
 from __future__ import annotations
 
+import io
 import pickletools
 from pathlib import Path
 from typing import IO, Any
@@ -37,51 +38,15 @@ from diag.loaders.table import ITEMSIZE
 from diag.loaders.torchzip import MAX_ENTRIES, TorchZip
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
 # The opcodes a pickled int can use. Anything else where the magic number belongs means a
 # plain pickle, which is refused before a single opcode of it is acted on.
 _INT_OPCODES = frozenset(
     {"PROTO", "FRAME", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STOP"}
 )
-PROTOCOL_VERSION = 1001
 _PLAIN_PICKLE = "a plain pickle, not a torch.save file (no torch magic number): not unpickled"
 _COUNT_BYTES = 8  # the element count written before each storage's bytes
-
-
-class _Bounded:
-    """A read-only window [start, end) of a file. Reads past `end` come back short.
-
-    pickletools trusts the lengths a pickle declares (`BINBYTES 2**60` asks for 2**60
-    bytes); clamping every read to the window turns that into a short read, never an
-    allocation bigger than the file.
-    """
-
-    def __init__(self, fh: IO[bytes], start: int, end: int) -> None:
-        self._fh = fh
-        self._start = self._pos = start
-        self._end = end
-        fh.seek(start)
-
-    def read(self, n: int | None = -1) -> bytes:
-        left = self._end - self._pos
-        n = left if n is None or n < 0 else min(n, left)
-        data = self._fh.read(n)
-        self._pos += len(data)
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        left = self._end - self._pos
-        size = left if size is None or size < 0 else min(size, left)
-        data = self._fh.readline(size)
-        self._pos += len(data)
-        return data
-
-    def tell(self) -> int:
-        """Offset from the window's start, as pickletools reports opcode positions."""
-        return self._pos - self._start
-
-    @property
-    def at_end(self) -> bool:
-        return self._pos >= self._end
+_FIRST_CHUNK = 1 << 20
 
 
 class LegacyUnpickler(RestrictedUnpickler):
@@ -215,48 +180,52 @@ class LegacyTorch(TorchZip):
         only: frozenset[str] | None = None,
     ) -> tuple[int, Any]:
         """(end offset, value) of the pickle at `start`, read through the restricted unpickler."""
-        end = self._pickle_end(fh, start, what, only)
-        fh.seek(start)
-        data = fh.read(end - start)
+        data = self._pickle_at(fh, start, what, only)
         try:
-            return end, restricted_loads(data, unpickler)
+            return start + len(data), restricted_loads(data, unpickler)
         except CodeInPickle as exc:
             raise InputError(self.path, str(exc)) from None
         except UnsupportedPickle as exc:
             raise InputError(self.path, f"unreadable {what} pickle: {exc}") from None
 
-    def _pickle_end(
+    def _pickle_at(
         self, fh: IO[bytes], start: int, what: str, only: frozenset[str] | None = None
-    ) -> int:
-        """Where the pickle starting at `start` ends, found by walking its opcodes.
+    ) -> bytes:
+        """The bytes of the pickle starting at `start`, found by walking its opcodes.
 
-        The walk is bounded by the file and by the pickle cap, so a forged length is a
-        short read here and no pickle is ever read into memory past the cap. With `only`,
-        the first opcode outside it ends the walk: the file is a plain pickle.
+        The file is read from `start` in growing chunks (the first is enough for nearly
+        every checkpoint), never past the pickle cap; pickletools walks a chunk in memory,
+        where a forged length (`BINBYTES 2**60`) is a short read, not an allocation. With
+        `only`, the first opcode outside it ends the walk: the file is a plain pickle.
         """
-        limit = min(self.size, start + MAX_PICKLE_BYTES)
         if start >= self.size:
             raise InputError(self.path, f"truncated: the file ends before the {what} pickle")
-        window = _Bounded(fh, start, limit)
-        last = None
-        try:
-            for opcode, _arg, pos in pickletools.genops(window):
-                if only is not None and opcode.name not in only:
-                    cause = f"corrupt legacy torch file (the {what} is not an int)"
-                    raise InputError(self.path, _PLAIN_PICKLE if start == 0 else cause)
-                last = (opcode.name, pos)
-        except InputError:
-            raise
-        except Exception as exc:  # any malformed or cut pickle: one clean error
-            if limit < self.size and window.at_end:
-                raise InputError(
-                    self.path, f"the {what} pickle is over the {MAX_PICKLE_BYTES}-byte cap"
-                ) from None
-            cause = "truncated" if window.at_end else "corrupt"
-            raise InputError(self.path, f"{cause} {what} pickle ({exc})") from None
-        if last is None or last[0] != "STOP":
-            raise InputError(self.path, f"truncated {what} pickle")
-        return start + last[1] + 1
+        limit = min(self.size - start, MAX_PICKLE_BYTES)
+        chunk = min(_FIRST_CHUNK, limit)
+        while True:
+            fh.seek(start)
+            data = fh.read(chunk)
+            stream = io.BytesIO(data)
+            try:
+                for opcode, _arg, pos in pickletools.genops(stream):
+                    if only is not None and opcode.name not in only:
+                        cause = f"corrupt legacy torch file (the {what} is not an int)"
+                        raise InputError(self.path, _PLAIN_PICKLE if start == 0 else cause)
+                    if opcode.name == "STOP":
+                        return data[: pos + 1]
+            except InputError:
+                raise
+            except Exception as exc:  # any malformed or cut pickle: one clean error
+                ran_out = stream.tell() >= len(data)
+                if ran_out and chunk < limit:
+                    chunk = min(chunk * 4, limit)  # the pickle goes on past this chunk
+                    continue
+                if ran_out and limit < self.size - start:
+                    cause = f"the {what} pickle is over the {MAX_PICKLE_BYTES}-byte cap"
+                    raise InputError(self.path, cause) from None
+                cause = "truncated" if ran_out else "corrupt"
+                raise InputError(self.path, f"{cause} {what} pickle ({exc})") from None
+            raise InputError(self.path, f"truncated {what} pickle")  # genops ended without STOP
 
     def _check_keys(self, keys: Any) -> list[str]:
         """The key list, which must name each root storage of the pickle exactly once."""

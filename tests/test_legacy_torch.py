@@ -391,3 +391,20 @@ def test_whole_pickled_module_is_refused(tmp_path):
     """torch.save(model) pickles the classes (and their source): code, not weights."""
     root = b"\x80\x02(X\x06\x00\x00\x00moduleq\x00cbuiltins\nlist\nq\x01NNtQ."
     refused(_write(tmp_path, _legacy_with_root(root)), "whole pickled nn.Module")
+
+
+def test_expanded_tensors_read_unless_they_dwarf_the_file(tmp_path):
+    """expand() saves one small storage with stride 0: fine as a broadcast buffer, refused
+    when reading it would take hundreds of GB."""
+    position_ids = torch.arange(512).expand(1, -1)  # as Hugging Face BERT buffers it
+    mask = torch.ones(1, 1).expand(64, 64)
+    path = tmp_path / "buffers.pt"
+    torch.save(
+        {"position_ids": position_ids, "mask": mask}, path, _use_new_zipfile_serialization=False
+    )
+    assert_identical(path, {"position_ids": position_ids, "mask": mask})
+
+    path = tmp_path / "bomb.pt"
+    torch.save({"w": torch.zeros(1).expand(2**36)}, path, _use_new_zipfile_serialization=False)
+    assert path.stat().st_size < 1000
+    refused(path, "would take 274877906944 bytes once read")

@@ -465,6 +465,15 @@ def legacy_pth_storage_key_mismatch(inp: Path, outside: Path, marker: Path) -> C
 
 
 @case
+def legacy_pth_stride_zero_expansion(inp: Path, outside: Path, marker: Path) -> Case:
+    """One float expanded to 2**36 elements: a 358-byte file that would read as 256 GB."""
+    import torch
+
+    _legacy_save({"w": torch.zeros(1).expand(2**36)}, inp / "model.pth")
+    return Case(["model.pth"], "model.pth", ("would take 274877906944 bytes once read",))
+
+
+@case
 def legacy_pth_that_is_a_zip_bomb(inp: Path, outside: Path, marker: Path) -> Case:
     """A .pth holding a deflated data.pkl that inflates 1000x: refused unread."""
     with zipfile.ZipFile(inp / "model.pth", "w", zipfile.ZIP_DEFLATED) as zf:

@@ -198,8 +198,8 @@ def loss_nonfinite(logs: list[TrainingLog]) -> Iterator[Finding]:
 
 def _sustained_minimum(
     val: Curve, patience: int, min_rise: float, min_rise_of_start: float
-) -> tuple[int, float, float] | None:
-    """(best index, best, end) when the smoothed validation loss rose and stayed up."""
+) -> tuple[int, int, float, float] | None:
+    """(smoothed best, actual best index, best, end) when the loss rose and stayed up."""
     smooth = _running_median(val.values)
     best = int(np.argmin(smooth))
     if len(val) - 1 - best < patience:
@@ -213,13 +213,13 @@ def _sustained_minimum(
         return None
     # Report the checkpoint to keep: the lowest actual evaluation beside the smoothed one.
     lo = max(0, best - 1)
-    return lo + int(np.argmin(val.values[lo : best + 2])), best_value, end_value
+    return best, lo + int(np.argmin(val.values[lo : best + 2])), best_value, end_value
 
 
 def _steady_rise(
     val: Curve, min_rise: float, min_rise_of_start: float
-) -> tuple[int, float, float] | None:
-    """(best index, best, end) when every evaluation after the best was higher than the last.
+) -> tuple[int, int, float, float] | None:
+    """(best, best, best value, end) when every evaluation after the best was higher.
 
     The strong form of the evidence, enough with as few as three evaluations: the best
     is in the first half of the run and the loss then rose at each of at least two
@@ -234,7 +234,7 @@ def _steady_rise(
     threshold = max(abs(best_value) * min_rise, abs(float(x[0])) * min_rise_of_start)
     if end_value - best_value < threshold:
         return None
-    return best, best_value, end_value
+    return best, best, best_value, end_value
 
 
 @rule(name="train-val-divergence", group="curves", severity=Severity.WARNING, needs=("logs",))
@@ -297,10 +297,13 @@ def train_val_divergence(
         found = found or _steady_rise(val, min_rise, min_rise_of_start)
         if found is None:
             continue
-        best, best_value, end_value = found
+        anchor, best, best_value, end_value = found
         after = len(val) - 1 - best
         train_at = _train_at(train, val.steps)
-        t_best, t_end = float(train_at[best]), float(train_at[-1])
+        # The training loss is compared from where the smoothed minimum is, like the rise:
+        # from one lucky evaluation a neighbour away it would include an extra epoch of
+        # training that the validation loss did not react to.
+        t_best, t_end = float(train_at[anchor]), float(train_at[-1])
         if not (np.isfinite(t_best) and np.isfinite(t_end)) or t_best <= 0:
             continue
         drop = (t_best - t_end) / abs(t_best)

@@ -109,6 +109,11 @@ class Workshop:
         )
 
 
+@pytest.fixture(scope="session")
+def workshop(zoo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Workshop:
+    return Workshop(zoo, tmp_path_factory.mktemp("zoo"))
+
+
 def run_check(path: Path, init: Path | None = None) -> list[Finding]:
     options = CheckOptions(checkpoint=str(path), init=str(init) if init else None)
     result, _ = check(options)

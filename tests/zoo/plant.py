@@ -62,7 +62,10 @@ def choose_targets(arrays: dict[str, np.ndarray], axes: dict[str, int] | None) -
     ]
     duplicate = _pick_hidden_layer(duplicable, arrays, order)
     used = {nan, constant, duplicate}
-    spare = [n for n in reversed(with_units) if n not in used] or list(reversed(weights))
+    # The stuck layer must differ from the planted ones, or the planted fault would move it;
+    # a model with a single weight matrix lends a bias or a scale instead.
+    others = sorted(n for n, a in arrays.items() if a.dtype.kind == "f" and a.size >= 8)
+    spare = [n for n in [*reversed(with_units), *reversed(weights), *others] if n not in used]
     stuck = spare[0] if spare else None
     dup_axis = axis(duplicate) if duplicate is not None else None
     return Targets(nan, constant, duplicate, 0 if dup_axis is None else dup_axis, stuck)

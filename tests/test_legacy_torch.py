@@ -134,6 +134,17 @@ def test_cuda_storage_is_read_onto_the_cpu(tmp_path):
     assert ckpt.table._archive.locations == {next(iter(ckpt.table._archive.roots)): "cuda:0"}
 
 
+def test_torch_0_3_tensor_rebuild_function(tmp_path):
+    """Before 0.4, tensors were pickled as torch._utils._rebuild_tensor(storage, offset,
+    size, stride): the same data, read the same way."""
+    weight = torch.randn(4, 3)
+    data = legacy_bytes({"fc.weight": weight})
+    v2 = b"ctorch._utils\n_rebuild_tensor_v2\n"
+    assert data.count(v2) == 1
+    path = _write(tmp_path, data.replace(v2, b"ctorch._utils\n_rebuild_tensor\n"))
+    assert torch.equal(open_checkpoint(path).table.read("fc.weight"), weight)
+
+
 def test_tensors_stream_one_at_a_time(tmp_path, preadv_offsets, state):
     path = tmp_path / "lazy.pth"
     torch.save(state, path, _use_new_zipfile_serialization=False)

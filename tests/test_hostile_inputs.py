@@ -210,6 +210,37 @@ def test_tensor_past_the_end_of_its_storage_is_refused(tmp_path):
     assert_refused(path, "storage")
 
 
+def test_stride_zero_expansion_past_the_file_size_is_refused(tmp_path):
+    """torch.save keeps an expand()ed view as it is: a one-element storage with stride 0.
+    Reading `zeros(1).expand(2**36)` would allocate 256 GB from a 1.5 kB file; the tensor is
+    refused by name before anything is allocated (the sandbox caps memory at 2 GB)."""
+    path = tmp_path / "expanded.pt"
+    torch.save({"w": torch.zeros(1).expand(2**36)}, path)
+    assert path.stat().st_size < 4096
+    assert_refused(path, "tensor 'w' would take 274877906944 bytes once read", "1073741824")
+
+
+def test_small_expanded_views_still_read(tmp_path):
+    """Broadcast buffers saved as stride-0 views (a bias over a batch, BERT's position_ids)
+    are real checkpoints: they read, with the values the view shows."""
+    from diag.loaders.torchzip import TorchZip
+
+    tensors = {
+        "bias": torch.randn(64, generator=torch.Generator().manual_seed(0)).expand(32, 64),
+        "position_ids": torch.arange(512).expand(1, -1),
+        "w": torch.randn(32, 64, generator=torch.Generator().manual_seed(1)),
+    }
+    path = tmp_path / "buffers.pt"
+    torch.save(tensors, path)
+    archive = TorchZip(path)
+    try:
+        for name, expected in tensors.items():
+            assert torch.equal(archive.read(archive.root[name], name), expected), name
+    finally:
+        archive.close()
+    assert_checked(path)
+
+
 def test_random_bytes_named_pt_are_refused(tmp_path):
     path = tmp_path / "noise.pt"
     path.write_bytes(b"\x13" + random.Random(0).randbytes(4095))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import pickle
 import struct
 import sys
 import tempfile
@@ -630,9 +631,75 @@ def test_content_is_sniffed_when_the_extension_is_unknown(
         assert len(open_split("s", path)) == N
 
 
-def test_legacy_torch_pickle_and_missing_path(tmp_path: Path) -> None:
-    torch.save({"x": torch.zeros(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
-    refused(lambda: open_split("s", tmp_path / "old.pt"), "legacy")
+def _legacy_save(obj: object, path: Path) -> Path:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+def _same_split(got, want) -> None:
+    assert (got.kind, len(got)) == (want.kind, len(want))
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.groups, want.groups)
+    for (start, a), (_, b) in zip(_all_chunks(got, 700), _all_chunks(want, 700), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=f"chunk at {start}")
+    np.testing.assert_array_equal(
+        np.stack(got.samples.take(PICK)), np.stack(want.samples.take(PICK))
+    )
+
+
+def test_legacy_torch_split_gives_the_zip_files_samples(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A pre-1.6 torch.save of the same x / y / group tensors is the same split, whatever
+    the extension (the layout is sniffed from the bytes)."""
+    tensors = {"x": torch.from_numpy(X.copy()), "y": torch.from_numpy(Y.copy())}
+    tensors["group"] = torch.from_numpy(G.copy())
+    want = open_split("s", files["pt"])
+    for name in ("old.pt", "old.pth", "old.bin"):
+        _same_split(open_split("s", _legacy_save(tensors, tmp_path / name)), want)
+
+
+def test_legacy_torch_split_views_and_bfloat16(tmp_path: Path) -> None:
+    """A tensor at an offset into a storage it shares, a transposed one and a bfloat16 one:
+    the values torch shows, in the layout the zip format gives."""
+    grid = torch.from_numpy(DIGITS.data.copy())
+    shared = torch.cat([grid.flip(0), grid])
+    y = torch.from_numpy(Y.copy())
+    split = open_split("s", _legacy_save({"x": shared[N:], "y": y}, tmp_path / "o.pt"))
+    np.testing.assert_array_equal(_stack_numeric(_all_chunks(split, 300)), DIGITS.data)
+    np.testing.assert_array_equal(split.labels, Y)
+    split = open_split("s", _legacy_save({"x": shared[N:].t()}, tmp_path / "t.pt"))
+    np.testing.assert_array_equal(_stack_numeric(_all_chunks(split, 10)), DIGITS.data.T)
+    bf = _legacy_save(torch.from_numpy(X.copy()).bfloat16(), tmp_path / "b.pt")
+    images = np.concatenate([c for _, c in _all_chunks(open_split("s", bf), 500)])
+    assert images.dtype == np.float32
+    np.testing.assert_array_equal(images, X)  # digits' 0..16 are exact in bfloat16
+
+
+def test_legacy_torch_split_with_code_is_refused_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    payload = hp.Payload(hp.touch_marker, str(marker))
+    path = _legacy_save({"x": torch.zeros(2), "y": payload}, tmp_path / "e.pt")
+    refused(lambda: open_split("s", path), "would run code", "helpers_pickles.touch_marker")
+    assert not marker.exists()
+    # Without the torch magic number the file is a plain pickle: not one opcode is acted on.
+    (tmp_path / "p.pt").write_bytes(pickle.dumps(payload, protocol=2))
+    refused(lambda: open_split("s", tmp_path / "p.pt"), "plain pickle", "not unpickled")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_split_expanded_past_the_file_size_is_refused(tmp_path: Path, legacy: bool) -> None:
+    """A stride-0 view of one row repeated 2**33 times: a tiny file that would read as
+    256 GB, refused by name before anything is allocated, in either torch layout."""
+    path = tmp_path / "x.pt"
+    torch.save(
+        {"x": torch.zeros(1, 8).expand(2**33, 8)}, path, _use_new_zipfile_serialization=not legacy
+    )
+    refused(lambda: open_split("s", path), "tensor 'x' would take 274877906944 bytes once read")
+
+
+def test_missing_path(tmp_path: Path) -> None:
     refused(lambda: open_split("s", tmp_path / "nope.npz"), "no such file")
 
 

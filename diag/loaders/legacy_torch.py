@@ -30,7 +30,6 @@ from diag.loaders.safe_pickle import (
     CodeInPickle,
     RestrictedUnpickler,
     StorageRef,
-    TensorRef,
     UnsupportedPickle,
     _StorageType,
     restricted_loads,
@@ -48,9 +47,6 @@ _INT_OPCODES = frozenset(
 _PLAIN_PICKLE = "a plain pickle, not a torch.save file (no torch magic number): not unpickled"
 _COUNT_BYTES = 8  # the element count written before each storage's bytes
 _FIRST_CHUNK = 1 << 20
-# How much larger than its file a tensor may grow once read (elements repeated by a stride
-# of 0, as torch.Tensor.expand makes): enough for any real broadcast buffer.
-_MAX_EXPANSION = 1 << 30
 
 
 class LegacyUnpickler(RestrictedUnpickler):
@@ -127,9 +123,9 @@ class LegacyTorch(TorchZip):
     """An opened legacy torch file: its unpickled root object and a reader for storages.
 
     A TorchZip whose storages are runs of one flat file rather than zip entries: it
-    reuses TorchZip's tensor logic (offsets, views, strides, bounds) through `_data_span`,
-    so both formats read tensors by the same code. TorchZip's __init__ is not called: it
-    opens a zip archive.
+    reuses TorchZip's tensor logic (offsets, views, strides, bounds, the cap on what a
+    stride of 0 expands to) through `_data_span`, so both formats read tensors by the
+    same code. TorchZip's __init__ is not called: it opens a zip archive.
     """
 
     def __init__(self, path: Path) -> None:
@@ -293,20 +289,6 @@ class LegacyTorch(TorchZip):
         start, _ = self._spans[root_key]
         itemsize = _itemsize(storage)
         return start + offset * itemsize, storage.numel * itemsize
-
-    def _tensor_span(self, ref: TensorRef, name: str) -> tuple[int, int, int]:
-        """TorchZip's span, refused when reading the tensor would take far more memory than
-        the file: strides of 0 repeat elements, so `expand(2**36)` of one float is a
-        358-byte file that reads as 256 GB."""
-        start, nbytes, numel = super()._tensor_span(ref, name)
-        dense = numel * ITEMSIZE[ref.dtype]
-        if dense > self.size + _MAX_EXPANSION:
-            raise InputError(
-                self.path,
-                f"tensor {name!r} would take {dense} bytes once read (its strides repeat "
-                f"elements), more than the {self.size}-byte file plus {_MAX_EXPANSION}",
-            )
-        return start, nbytes, numel
 
     def _entry_crc(self, ref: Any, offset: int, nbytes: int) -> int | None:
         return None  # the legacy format carries no checksums

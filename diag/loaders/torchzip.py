@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     import torch
 
 MAX_ENTRIES = 200_000  # tensors, optimizer moments and the rest: 20x a 10,000-tensor model
+# How much larger than its file a tensor may grow once read (elements repeated by a stride
+# of 0, as torch.Tensor.expand makes): enough for any real broadcast buffer.
+MAX_EXPANSION = 1 << 30
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
 
@@ -132,7 +135,12 @@ class TorchZip:
         return start, info.file_size
 
     def _tensor_span(self, ref: TensorRef, name: str) -> tuple[int, int, int]:
-        """(file offset of the first element, bytes from it to the last one, numel)."""
+        """(file offset of the first element, bytes from it to the last one, numel).
+
+        Refused when reading the tensor would take far more memory than the file: strides
+        of 0 repeat elements, so `expand(2**36)` of one float is a file of a few hundred
+        bytes that reads as 256 GB. Both torch formats read tensors through here.
+        """
         start, length = self._data_span(ref.storage)
         itemsize = ITEMSIZE[ref.dtype]
         numel = 1
@@ -144,6 +152,13 @@ class TorchZip:
         # Offsets and strides count elements of the tensor's dtype within its storage.
         if (last + 1) * itemsize > length:
             raise InputError(self.path, f"tensor {name!r} reaches past the end of its storage")
+        dense = numel * itemsize
+        if dense > self.size + MAX_EXPANSION:
+            raise InputError(
+                self.path,
+                f"tensor {name!r} would take {dense} bytes once read (its strides repeat "
+                f"elements), more than the {self.size}-byte file plus {MAX_EXPANSION}",
+            )
         first_byte = ref.offset * itemsize
         return start + first_byte, (last + 1) * itemsize - first_byte, numel
 

@@ -13,8 +13,9 @@ disagrees with the content is an error: it usually means a mislabelled file):
 - Parquet (needs pyarrow, the `diag[parquet]` extra), read one record batch at a time.
 - Image folders: `PATH/<class>/**/*.png|jpg|...` (labels = class folder names) or a flat
   folder of images (no labels). Listed once, decoded lazily with Pillow.
-- `.pt` / `.pth` holding one tensor or a dict of tensors, read with diag's restricted
-  unpickler (`TorchZip`); contiguous tensors are memory-mapped.
+- `.pt` / `.pth` holding one tensor or a dict of tensors, in either torch.save layout (zip,
+  or legacy pre-1.6), read with diag's restricted unpickler (`TorchZip`, `LegacyTorch`);
+  contiguous tensors are memory-mapped.
 
 Array samples: x with ndim >= 3 are images (channels-first (N, C, H, W) becomes channels
 last, and a single channel is squeezed so grey images are (H, W) like a decoded PNG), 2-D
@@ -136,7 +137,7 @@ def open_split(
         return _array_split(name, path, {"x": _npy_member(path)}, None, None)
     if fmt == "npz":
         return _array_split(name, path, _npz_members(path), label_column, group_column)
-    return _open_torch(name, path, label_column, group_column)
+    return _open_torch(name, path, label_column, group_column, legacy=fmt == "torch-legacy")
 
 
 # ---------------------------------------------------------------- format sniffing
@@ -154,6 +155,10 @@ def _detect_format(path: Path) -> str:
     content = _content_kind(head)
     if content == "zip":
         content = _zip_kind(path, expected)
+    if content == "pickle" and expected in ("torch", None):
+        # LegacyTorch checks the torch magic number before acting on any other opcode, so
+        # a plain pickle is refused unread.
+        return "torch-legacy"
     if expected is None:
         if content in ("npy", "npz", "parquet", "torch"):
             return content
@@ -162,12 +167,6 @@ def _detect_format(path: Path) -> str:
         return expected
     if expected == content:
         return content
-    if expected == "torch" and content == "pickle":
-        raise InputError(
-            path,
-            "legacy (pre-1.6, non-zip) torch pickle: it can only be read by running the pickle; "
-            "re-save it with a current torch.save",
-        )
     shown = "CSV" if expected == "csv" else "TSV" if expected == "tsv" else _DESCRIBED[expected]
     raise InputError(path, f"the extension says {shown} but the content is {_DESCRIBED[content]}")
 
@@ -430,10 +429,20 @@ def _zip_errors(path: Path) -> Generator[None, None, None]:
         raise InputError(path, f"corrupt or truncated .npz archive ({_one_line(exc)})") from None
 
 
-def _open_torch(name: str, path: Path, label_column: str | None, group_column: str | None) -> Split:
+def _open_torch(
+    name: str,
+    path: Path,
+    label_column: str | None,
+    group_column: str | None,
+    *,
+    legacy: bool = False,
+) -> Split:
+    from diag.loaders.legacy_torch import LegacyTorch
     from diag.loaders.torchzip import TorchZip
 
-    archive = TorchZip(path)  # restricted unpickler: raises InputError, never runs code
+    # Restricted unpickler either way: raises InputError, never runs code. Both read
+    # tensors by the same code, so the bounds and expansion checks are the same.
+    archive = LegacyTorch(path) if legacy else TorchZip(path)
     try:
         members = _torch_members(path, archive)
         # Every array is mapped or read by now, so the archive's file can be closed.
@@ -484,7 +493,7 @@ def _tensor_member(path: Path, archive: Any, key: str, ref: Any) -> _Member:
 
     def load() -> np.ndarray:
         span = archive.span(ref, key) if ref.dtype in _TORCH_TO_NUMPY else None
-        if span is not None:  # contiguous: map the bytes where they lie in the zip
+        if span is not None:  # contiguous: map the bytes where they lie in the file
             return np.memmap(path, dtype=dtype, mode="r", offset=span.offset, shape=shape)
         tensor = archive.read(ref, key)
         return tensor.numpy() if ref.dtype in _TORCH_TO_NUMPY else tensor.float().numpy()

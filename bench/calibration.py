@@ -67,7 +67,7 @@ def tensor_samples(path: Path, where: str, healthy: bool) -> list[Sample]:
     out: list[Sample] = []
     ckpt = open_checkpoint(str(path))
     stats = {i.name: compute_stats(i, ckpt.table.read(i.name)) for i in ckpt.table.infos()}
-    heads = output_heads(stats)
+    heads = output_heads(stats, graph=ckpt.format == "onnx")
     zero_layers = sum(1 for s in stats.values() if s.is_weight and s.n_zero_units)
     pruned = zero_layers >= PRUNED_LAYERS
     for s in stats.values():

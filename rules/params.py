@@ -188,7 +188,7 @@ def symmetric_units(checkpoint: Checkpoint, init: Checkpoint | None = None) -> I
     still an error. A wholly constant tensor is left to `constant-parameter`, so one cause
     gives one finding.
     """
-    heads = output_heads(checkpoint.stats)
+    heads = output_heads(checkpoint.stats, graph=checkpoint.format == "onnx")
     for s in checkpoint.stats.values():
         # A constant tensor is all copies of one unit, and copies grown from a constant
         # init are that init's doing: constant-parameter names the cause, once.
@@ -420,7 +420,8 @@ def stuck_parameter(
     if updates and trained:
         for name, u in updates.items():
             s = checkpoint.stats.get(name)
-            if s is None or s.kind not in TRAINABLE_KINDS:
+            # An empty tensor (a graph's unused Resize roi) has nothing that could move.
+            if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0:
                 continue
             if u.identical or u.max_abs_delta <= atol + rtol * max(abs(s.min), abs(s.max)):
                 found[name] = (
@@ -551,12 +552,17 @@ def first_layer_convs(stats: dict[str, TensorStats]) -> list[TensorStats]:
     return [s for s in chosen if s.kernels is not None and min(s.shape[2:]) >= 3]
 
 
-def output_heads(stats: dict[str, TensorStats]) -> set[str]:
-    """The weighted layers whose units are the model's outputs (classes, tokens)."""
+def output_heads(stats: dict[str, TensorStats], *, graph: bool = False) -> set[str]:
+    """The weighted layers whose units are the model's outputs (classes, tokens).
+
+    A graph says; a state dict is in module order, so its last weight is the head. A graph
+    whose layers could not be placed (weights inside functions or branches) names none:
+    its tensor order means nothing, and no head is safer than a wrong one.
+    """
     if any(s.info.position is not None for s in stats.values()):
         return {s.name for s in stats.values() if s.info.position == OUTPUT}
     weights = [s for s in stats.values() if s.is_weight]
-    return {weights[-1].name} if weights else set()
+    return {weights[-1].name} if weights and not graph else set()
 
 
 @rule(name="noisy-kernels", group=GROUP, severity=Severity.WARNING, needs=("checkpoint",))

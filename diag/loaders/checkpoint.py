@@ -30,7 +30,9 @@ STATE_KEYS = (
     "state_dict", "model_state_dict", "model", "module", "net", "network", "model_state",
     "params", "weights", "ema", "model_ema", "ema_state_dict", "ema_model",
 )  # fmt: skip
-OPTIMIZER_KEYS = ("optimizer_states", "optimizer_state_dict", "optimizer", "optim", "opt")
+OPTIMIZER_KEYS = (
+    "optimizer_states", "optimizer_state_dict", "optimizer_state", "optimizer", "optim", "opt",
+)  # fmt: skip
 EXTENSIONS = {
     ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch", ".tar": "torch",
     ".safetensors": "safetensors", ".onnx": "onnx",

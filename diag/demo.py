@@ -35,6 +35,12 @@ class Faults:
     input_noise: float = 0.0  # Gaussian noise added to training inputs (augmentation)
     leak_val: int = 0  # replace this many validation digits by copies of training digits
     broken_backward: bool = False  # fc2 runs through a custom Function whose backward halves dW
+    # From this epoch on, labels are shuffled apart from their inputs, afresh every epoch (a
+    # loader that shuffles images and labels with different orders): the loss jumps from near
+    # zero to chance and stays there, on every seed and CPU. A learning rate on the edge of
+    # stability is no such fault: whether it blows up, and how (a spike, a slow collapse,
+    # NaN), depends on the seed and on the SIMD kernels torch picks.
+    labels_shuffled_from: int | None = None
 
 
 HEALTHY = Faults()
@@ -194,11 +200,15 @@ def train(faults: Faults = HEALTHY, seed: int = 0, epochs: int = 30) -> Trained:
         model.parameters(), lr=faults.lr, momentum=0.9, weight_decay=faults.weight_decay
     )
     gen = torch.Generator().manual_seed(seed)
+    label_gen = torch.Generator().manual_seed(seed + 1)  # its own: the batch order stays put
     start, steps, best = time.perf_counter(), 0, -1.0
     best_state = None
     history = History()
     best_loss, since_best, done = float("inf"), 0, 0
     for epoch in range(epochs):
+        labels = y
+        if faults.labels_shuffled_from is not None and epoch >= faults.labels_shuffled_from:
+            labels = y[torch.randperm(len(y), generator=label_gen)]
         model.eval() if faults.eval_mode else model.train()
         losses = []
         for idx in torch.randperm(len(y), generator=gen).split(64):
@@ -206,7 +216,7 @@ def train(faults: Faults = HEALTHY, seed: int = 0, epochs: int = 30) -> Trained:
             inputs = x[idx]
             if faults.input_noise:
                 inputs = inputs + faults.input_noise * torch.randn(inputs.shape, generator=gen)
-            loss = cross_entropy(model(inputs), y[idx])
+            loss = cross_entropy(model(inputs), labels[idx])
             loss.backward()
             optimizer.step()
             steps += 1

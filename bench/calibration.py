@@ -43,7 +43,12 @@ class Sample:
 RULES = {
     "nonfinite-parameter": (0.0, "non-finite values in a learned tensor (fires > 0)", False),
     "constant-parameter": (0.0, "relative spread (max-min)/max|w| of a weight (fires = 0)", True),
-    "symmetric-units": (1e-2, "closest pair of units / unit norm, hidden layers (fires <)", True),
+    "symmetric-units": (1e-4, "closest pair of units / unit norm, hidden layers (fires <)", True),
+    "symmetric-units/share": (
+        0.25,
+        "share of a layer's units in near-copy groups (fires >=)",
+        False,
+    ),
     "dead-units": (0.1, "share of a layer's units with zero weights (warns >=)", False),
     "noisy-kernels": (0.05, "permutation p-value of the stem's smoothness (fires >=)", False),
     "stuck-parameter": (1e-5, "max |final-init| / max |w| of a tensor (fires <=)", True),
@@ -88,6 +93,8 @@ def tensor_samples(path: Path, where: str, healthy: bool) -> list[Sample]:
             d = _closest_pair(w.movedim(s.info.units_axis, 0).reshape(s.n_units, -1), torch)
             if d is not None:
                 out.append(Sample("symmetric-units", d, healthy, f"{where}:{s.name}"))
+            share = sum(s.duplicate_sizes) / s.n_units
+            out.append(Sample("symmetric-units/share", share, healthy, f"{where}:{s.name}"))
     for s in first_layer_convs(stats):
         if s.kernels is not None and not s.all_equal:
             test = kernel_noise(s.kernels)
@@ -177,7 +184,9 @@ def runs_samples(seeds: int) -> list[Sample]:
 
 def _faults(samples: list[Sample], rule: str, names: set[str]) -> list[Sample]:
     """The samples of `rule` on the faulty tensors, marked as faults."""
-    picked = [s for s in samples if s.rule == rule and s.where.rsplit(":", 1)[1] in names]
+    picked = [
+        s for s in samples if s.rule.split("/")[0] == rule and s.where.rsplit(":", 1)[1] in names
+    ]
     for s in picked:
         s.healthy = False
     return picked

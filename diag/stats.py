@@ -60,6 +60,10 @@ class TensorStats:
     n_zero_units: int = 0
     duplicate_groups: tuple[tuple[int, ...], ...] = ()
     n_duplicate_units: int = 0
+    # Per group: the largest distance of a member from the group's first unit, relative
+    # to their norms (0 for exact copies). Unconfirmed groups carry NaN.
+    duplicate_spread: tuple[float, ...] = ()
+    duplicate_sizes: tuple[int, ...] = ()
     scalar: float | None = None
     kernels: np.ndarray | None = field(default=None, compare=False, repr=False)
 
@@ -258,9 +262,11 @@ class StatsAccumulator:
         zero = (row_norm <= top * 1e-7).nonzero().flatten()
         out["n_zero_units"] = int(zero.numel())
         out["zero_units"] = tuple(int(i) for i in zero[:MAX_LISTED])
-        groups = _duplicate_units(torch.cat(self._proj), row_norm, top, fetch)
-        out["duplicate_groups"] = tuple(g[:MAX_LISTED] for g in groups)
-        out["n_duplicate_units"] = sum(len(g) - 1 for g in groups)
+        found = _duplicate_units(torch.cat(self._proj), row_norm, top, fetch)
+        out["duplicate_groups"] = tuple(g[:MAX_LISTED] for g, _ in found)
+        out["n_duplicate_units"] = sum(len(g) - 1 for g, _ in found)
+        out["duplicate_spread"] = tuple(spread for _, spread in found)
+        out["duplicate_sizes"] = tuple(len(g) for g, _ in found)
         return out
 
 
@@ -273,7 +279,7 @@ def _duplicate_units(
     row_norm: torch.Tensor,
     top: float,
     fetch: Callable[[list[int]], torch.Tensor] | None,
-) -> list[tuple[int, ...]]:
+) -> list[tuple[tuple[int, ...], float]]:
     """Groups of units with (nearly) identical incoming weights, via random projections.
 
     Identical rows land in the same grid cell of a 16-d random projection; the cell size is
@@ -293,24 +299,27 @@ def _duplicate_units(
     buckets: dict[bytes, list[int]] = {}
     for i, row in zip(live.tolist(), keys, strict=True):
         buckets.setdefault(row.tobytes(), []).append(i)
-    groups = []
+    groups: list[tuple[tuple[int, ...], float]] = []
     for members in buckets.values():
         if len(members) < 2:
             continue
         if fetch is None:
-            groups.append(tuple(members))  # unconfirmable: trust the projection
+            groups.append((tuple(members), math.nan))  # unconfirmable: trust the projection
             continue
         ref = fetch(members[:1])[0].double()
         same = [members[0]]
+        spread = 0.0
         for k in range(1, len(members), CONFIRM_CHUNK):
             chunk = members[k : k + CONFIRM_CHUNK]
             dist = torch.linalg.vector_norm(fetch(chunk).double() - ref, dim=1)
-            own = torch.maximum(row_norm[chunk], row_norm[members[0]])
-            close = (dist <= DUPLICATE_RTOL * own).tolist()
+            relative = dist / torch.maximum(row_norm[chunk], row_norm[members[0]])
+            close = (relative <= DUPLICATE_RTOL).tolist()
             same += [m for m, ok in zip(chunk, close, strict=True) if ok]
+            if any(close):
+                spread = max(spread, float(relative[torch.tensor(close)].max()))
         if len(same) >= 2:
-            groups.append(tuple(same))
-    return sorted(groups, key=len, reverse=True)
+            groups.append((tuple(same), spread))
+    return sorted(groups, key=lambda g: len(g[0]), reverse=True)
 
 
 @lru_cache(maxsize=64)

@@ -52,6 +52,15 @@ def _spike_strength(losses: list[float], factor: float = 3.0, jump: float = 0.3)
     return float(strength.max()) if strength.size else 0.0
 
 
+def _drop(losses: list[float]) -> float:
+    """`loss-not-decreasing`'s number: the fall from the first points to the last tenth."""
+    import numpy as np
+
+    x = np.array([v for v in losses if np.isfinite(v)], dtype=float)
+    start = float(np.median(x[: 3 if len(x) >= 20 else 1]))
+    return (start - float(np.median(x[-max(1, len(x) // 10) :]))) / start
+
+
 def _curves(seeds: list[int], only: set[str]) -> list[dict[str, Any]]:
     import math
 
@@ -80,9 +89,7 @@ def _curves(seeds: list[int], only: set[str]) -> list[dict[str, Any]]:
                     "found": found,
                     "spike_strength": _spike_strength(losses[4::5]),  # as Lightning logs it
                     "nonfinite": any(not math.isfinite(v) for v in losses),
-                    "drop": 1
-                    - sorted(losses[-len(losses) // 10 :])[len(losses) // 20]
-                    / sorted(losses[:3])[1],
+                    "drop": _drop(losses[4::5]),
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -153,6 +160,25 @@ def _table(results: list[dict[str, Any]]) -> None:
             f"  drop {min(r['drop'] for r in rs):.2f}..{max(r['drop'] for r in rs):.2f}"
             f"  nonfinite {sum(r['nonfinite'] for r in rs)}/{len(rs)}"
         )
+    curves = [r for r in rows if r["part"] == "curves"]
+    if curves:
+        print("\n[curves] per rule: the worst run that must stay silent, the mildest caught")
+        for rule, key, fires_above, threshold in (
+            ("loss-spikes", "spike_strength", True, 1.0),
+            ("loss-not-decreasing", "drop", False, 0.10),
+        ):
+            silent = [r for r in curves if rule not in r["expected"] and not r["nonfinite"]]
+            caught = [r for r in curves if rule in r["expected"] and not r["nonfinite"]]
+            pick = max if fires_above else min
+            worst = pick(silent, key=lambda r: r[key], default=None)
+            mildest = (min if fires_above else max)(caught, key=lambda r: r[key], default=None)
+            for label, r in (("worst silent", worst), ("mildest caught", mildest)):
+                if r is not None:
+                    print(
+                        f"  {rule:20s} {label:15s} {r[key]:8.3f} ({r['run']}, seed {r['seed']}, "
+                        f"{r['capability']}); fires {'at or above' if fires_above else 'below'} "
+                        f"{threshold}"
+                    )
     grads = [r for r in rows if r["part"] == "grads"]
     if grads:
         healthy = [r for r in grads if r["run"] == "healthy"]

@@ -52,6 +52,8 @@ RULES = {
     "dead-units": (0.1, "share of a layer's units with zero weights (warns >=)", False),
     "noisy-kernels": (0.05, "permutation p-value of the stem's smoothness (fires >=)", False),
     "stuck-parameter": (1e-5, "max |final-init| / max |w| of a tensor (fires <=)", True),
+    "init-scale": (3.0, "initial std / He's sqrt(2/fan_in) (warns >)", False),
+    "update-ratio": (2.0, "decades of |dW|/|W| from the median layer (warns >=)", False),
 }
 
 
@@ -162,7 +164,12 @@ def runs_samples(seeds: int) -> list[Sample]:
     from diag.demo import HEALTHY, PLANTED, Faults, save_run, train
 
     capability = torch.backends.cpu.get_cpu_capability()
-    variants = {"healthy": HEALTHY, "planted": PLANTED, "constant_all": Faults(constant_all=True)}
+    variants = {
+        "healthy": HEALTHY,
+        "planted": PLANTED,
+        "constant_all": Faults(constant_all=True),
+        "big_init": Faults(init_std=1.0),
+    }
     out = []
     for seed in range(seeds):
         for name, faults in variants.items():
@@ -172,10 +179,16 @@ def runs_samples(seeds: int) -> list[Sample]:
                 where = f"run/{name}/seed{seed}/{capability}"
                 samples = tensor_samples(paths["final"], where, True)
                 if name == "healthy":
-                    out += samples + _movement(paths, where, True)
+                    out += samples + _movement(paths, where, True) + _scales(paths, where)
                 elif name == "planted":  # conv1 cut from the graph: random and unmoved
                     out += _faults(samples, "noisy-kernels", {"conv1.weight"})
                     out += _movement(paths, where, False)
+                elif name == "big_init":  # N(0, 1) init everywhere: every weight too large
+                    out += [
+                        Sample(x.rule, x.value, False, x.where)
+                        for x in _scales(paths, where)
+                        if x.rule == "init-scale"
+                    ]
                 else:  # every weight started at 0.01: the copies are the fault
                     weights = {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
                     out += _faults(samples, "symmetric-units", weights)
@@ -190,6 +203,32 @@ def _faults(samples: list[Sample], rule: str, names: set[str]) -> list[Sample]:
     for s in picked:
         s.healthy = False
     return picked
+
+
+def _scales(paths: dict, where: str) -> list[Sample]:
+    """init-scale's and update-ratio's numbers for every Linear/Conv weight of a run."""
+    import statistics
+
+    from diag.loaders.checkpoint import open_checkpoint
+    from diag.stats import compute_stats, compute_update
+
+    init, final = open_checkpoint(str(paths["init"])), open_checkpoint(str(paths["final"]))
+    out, ratios = [], {}
+    for info in init.table.infos():
+        s = compute_stats(info, init.table.read(info.name))
+        expected = s.expected_std_range()
+        if expected is None or s.std == 0:
+            continue
+        out.append(Sample("init-scale", s.std / expected[1], True, f"{where}:{info.name}"))
+        u = compute_update(info.name, init.table.read(info.name), final.table.read(info.name))
+        if u is not None and u.init_norm > 0 and u.ratio > 0:
+            ratios[info.name] = u.ratio
+    if len(ratios) >= 3:
+        median = statistics.median(ratios.values())
+        for name, r in ratios.items():
+            decades = abs(math.log10(r / median))
+            out.append(Sample("update-ratio", decades, True, f"{where}:{name}"))
+    return out
 
 
 def _movement(paths: dict, where: str, healthy: bool) -> list[Sample]:

@@ -97,6 +97,10 @@ def constant_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Itera
     warning, since zero is a deliberate choice for a few layers (LoRA `B`, zero-initialised
     residual or output projections) and a bug for the rest.
 
+    Measured (`bench/calibration.py`): none of the 648 weight tensors of the zoo and of our
+    runs over 3 seeds and 3 SIMD capabilities comes near: the smallest relative spread
+    `(max - min) / max|w|` is 1.0. Every planted constant is found.
+
     ## Why is this bad?
     Units that start with identical weights receive identical gradients, so they stay
     identical: the layer behaves like a single unit however wide it is. An all-zero weight
@@ -367,6 +371,11 @@ def init_scale(
     more than `too_small` (10×) below the default or `too_large` (3×) above He. The
     GPT/BERT convention N(0, 0.02) is accepted as it is.
 
+    Measured (`bench/calibration.py`): PyTorch's default init on our runs gives at most
+    0.42x He's std (3 seeds, 3 SIMD capabilities); N(0, 1) everywhere gives at least 3.49x,
+    on conv1, whose fan-in of 25 makes He's std 0.28: a thin margin that no threshold
+    can widen, since N(0, 1) on so small a fan-in is only 3.5x too large.
+
     ## Why is this bad?
     Too small, and activations and gradients shrink layer after layer (vanishing signal,
     a flat loss at the start); too large, and they grow until units saturate or the loss
@@ -426,6 +435,12 @@ def stuck_parameter(
     - BatchNorm running statistics still at their initial 0 and 1 after training.
     A parameter the optimizer was given but never updated is an error; one that is merely
     unchanged since `--init` is a warning, since layers are sometimes frozen on purpose.
+
+    Measured (`bench/calibration.py`): on our healthy runs over 3 seeds and 3 SIMD
+    capabilities the least-moved tensor still moved 0.78 of its largest value, five decades
+    above `rtol`; the layer cut from the gradient moved exactly 0. On the zoo, with all
+    but one tensor moved by a small random step, only the unmoved one is reported, and
+    empty tensors (an exported graph's unused Resize roi) are never "stuck".
 
     ## Why is this bad?
     A layer that does not train is a silent bug: `.detach()` or `.data` in the forward
@@ -528,6 +543,10 @@ def update_ratio(
     `peer_decades` (2) orders of magnitude from the median of its peers **and** outside the
     usual range `low`..`high` (1e-3 to 10). Layers that did not move at all are left to
     `stuck-parameter`.
+
+    Measured (`bench/calibration.py`): on our healthy runs over 3 seeds and 3 SIMD
+    capabilities no layer is more than 0.10 decades from the median layer, against the
+    2-decade threshold.
 
     ## Why is this bad?
     Layers of one network trained with one optimizer move by comparable relative amounts.

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -29,6 +27,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from capabilities import run_workers, supported  # noqa: E402
 
 
 @dataclass
@@ -250,16 +251,6 @@ def _movement(paths: dict, where: str, healthy: bool) -> list[Sample]:
     return out
 
 
-def capabilities_supported() -> list[str]:
-    import torch
-
-    own = torch.backends.cpu.get_cpu_capability().lower()
-    order = ["default", "avx2", "avx512"]
-    if own not in order:
-        return [own]
-    return order[: order.index(own) + 1]
-
-
 def table(samples: list[Sample]) -> list[dict]:
     rows = []
     for rule, (threshold, what, larger_healthy) in RULES.items():
@@ -302,19 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--capabilities", default=None, help="default: all the CPU supports")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--runs-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.runs_only:  # one capability, in a child process: samples as JSON on stdout
+    if args.worker:  # one capability, in a child process: samples as JSON on stdout
         print(json.dumps([asdict(s) for s in runs_samples(args.seeds)]))
         return 0
     samples = zoo_samples()
-    caps = args.capabilities.split(",") if args.capabilities else capabilities_supported()
-    for cap in caps:
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap)
-        cmd = [sys.executable, __file__, "--runs-only", "--seeds", str(args.seeds)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        samples += [Sample(**s) for s in json.loads(proc.stdout.splitlines()[-1])]
-        print(f"  runs under {cap}: {args.seeds} seeds x 3 variants", file=sys.stderr)
+    caps = args.capabilities.split(",") if args.capabilities else supported()
+    for found in run_workers(Path(__file__), ["--seeds", str(args.seeds)], caps):
+        samples += [Sample(**s) for s in found]
+    print(f"  runs under {', '.join(caps)}: {args.seeds} seeds each", file=sys.stderr)
     rows = table(samples)
     print_table(rows)
     if args.json:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,8 +23,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-CAPABILITIES = ("default", "avx2", "avx512")
+from capabilities import run_workers, supported  # noqa: E402
 
 
 def _spike_strength(losses: list[float], factor: float = 3.0, jump: float = 0.3) -> float:
@@ -53,12 +52,13 @@ def _spike_strength(losses: list[float], factor: float = 3.0, jump: float = 0.3)
 
 
 def _drop(losses: list[float]) -> float:
-    """`loss-not-decreasing`'s number: the fall from the first points to the last tenth."""
+    """`loss-not-decreasing`'s number, measured by the rule's own code."""
     import numpy as np
 
-    x = np.array([v for v in losses if np.isfinite(v)], dtype=float)
-    start = float(np.median(x[: 3 if len(x) >= 20 else 1]))
-    return (start - float(np.median(x[-max(1, len(x) // 10) :]))) / start
+    from diag.rules.curves import start_and_end
+
+    start, end = start_and_end(np.array([v for v in losses if np.isfinite(v)], dtype=float))
+    return (start - end) / start
 
 
 def _curves(seeds: list[int], only: set[str]) -> list[dict[str, Any]]:
@@ -194,7 +194,7 @@ def _table(results: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--capabilities", default=",".join(CAPABILITIES))
+    parser.add_argument("--capabilities", default=None, help="default: all the CPU supports")
     parser.add_argument("--parts", default="curves,grads")
     parser.add_argument("--runs", default="", help="only these curves runs (comma list)")
     parser.add_argument("--json", type=Path)
@@ -205,13 +205,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(seeds, parts, only)))
         return
-    procs = []
-    for capability in args.capabilities.split(","):
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-        command = [sys.executable, __file__, "--worker", "--seeds", str(args.seeds)]
-        command += ["--parts", args.parts, "--runs", args.runs]
-        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
-    results = [json.loads(p.communicate()[0]) for p in procs]
+    capabilities = args.capabilities.split(",") if args.capabilities else supported()
+    worker_args = ["--seeds", str(args.seeds), "--parts", args.parts, "--runs", args.runs]
+    results = run_workers(Path(__file__), worker_args, capabilities)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
     _table(results)

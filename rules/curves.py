@@ -343,6 +343,14 @@ def _bin_medians(values: np.ndarray, bins: int) -> np.ndarray:
     return np.array([float(np.median(part)) for part in np.array_split(values, bins)])
 
 
+def start_and_end(x: np.ndarray) -> tuple[float, float]:
+    """A training loss's level at the start (its first points) and over its last tenth."""
+    # Three points resist one odd batch, but in a short log they are a third of the run.
+    start = float(np.median(x[: 3 if len(x) >= 20 else 1]))
+    end = float(np.median(x[-max(1, len(x) // 10) :]))
+    return start, end
+
+
 @rule(name="loss-not-decreasing", group="curves", severity=Severity.WARNING, needs=("logs",))
 def loss_not_decreasing(
     logs: list[TrainingLog],
@@ -396,9 +404,7 @@ def loss_not_decreasing(
         if n < min_points:
             continue
         x = curve.values
-        # Three points resist one odd batch, but in a short log they are a third of the run.
-        start = float(np.median(x[: 3 if n >= 20 else 1]))
-        end = float(np.median(x[-max(1, n // 10) :]))
+        start, end = start_and_end(x)
         if start <= 0:
             continue
         drop = (start - end) / start

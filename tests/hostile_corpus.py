@@ -811,6 +811,15 @@ def split_markup_names_and_labels(inp: Path, outside: Path, marker: Path) -> Cas
     )
 
 
+def _register_extensions() -> None:
+    """Cases for newer formats live in hostile_corpus_<area>.py beside this file, each
+    registering with `@case`; importing them here puts them in the one corpus."""
+    import importlib
+
+    for path in sorted(Path(__file__).parent.glob("hostile_corpus_*.py")):
+        importlib.import_module(path.stem)
+
+
 def write_corpus(out: Path) -> dict[str, dict]:
     """Every case under out/<case>/in (its inputs) and out/<case>/outside, plus a manifest."""
     manifest = {}
@@ -824,4 +833,6 @@ def write_corpus(out: Path) -> dict[str, dict]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
+    sys.modules.setdefault("hostile_corpus", sys.modules["__main__"])
+    _register_extensions()
     print(f"{len(write_corpus(Path(sys.argv[1])))} cases written to {sys.argv[1]}")

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import site
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ class Outcome:
     spawned: list[str]
     peak_rss_mb: float | None
     seconds: float
+    scratch: str = ""  # the run's own TMPDIR, which libraries probe at import
 
     def shown(self) -> str:
         return (
@@ -67,6 +70,10 @@ def run_diag(args: list[str], cwd: Path, timeout: float = WALL_CAP) -> Outcome:
     env = {k: v for k, v in os.environ.items() if k != "DIAG_DEBUG"}
     env["PYTHONPATH"] = str(TESTS)  # a naive loader could import helpers_pickles' payloads
     env["DIAG_AUDIT_LOG"] = str(log)
+    # dill (torch imports it when installed) writes a probe file into the temp folder at
+    # import: give the run a folder of its own, so that write is neither outside nor shared.
+    scratch = tempfile.mkdtemp(prefix="diag-sandbox-tmp-")
+    env["TMPDIR"] = scratch
     started = time.monotonic()
     try:
         proc = subprocess.run(
@@ -81,6 +88,7 @@ def run_diag(args: list[str], cwd: Path, timeout: float = WALL_CAP) -> Outcome:
         lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
     finally:
         log.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     touched, spawned, peak = [], [], None
     for line in lines:
         event, _, what = line.partition("\t")
@@ -92,7 +100,7 @@ def run_diag(args: list[str], cwd: Path, timeout: float = WALL_CAP) -> Outcome:
             touched.append((event, what))
     return Outcome(
         proc.returncode, proc.stdout, proc.stderr, touched, spawned, peak,
-        time.monotonic() - started,
+        time.monotonic() - started, scratch,
     )  # fmt: skip
 
 
@@ -103,6 +111,8 @@ def _inside(path: str, roots: tuple[str, ...]) -> bool:
 def outside_reads(outcome: Outcome, allowed: list[Path]) -> list[str]:
     """Files or folders opened or listed outside `allowed` and the system locations."""
     roots = (*SYSTEM, *(str(Path(a).resolve()) for a in allowed), *(str(a) for a in allowed))
+    if outcome.scratch:
+        roots = (*roots, outcome.scratch, str(Path(outcome.scratch).resolve()))
     return sorted(
         {
             f"{event} {path}"

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import hostile_sandbox as hs
 import pytest
-from hostile_corpus import CASES, MARKUP
+from hostile_corpus import CASES, MARKUP, _register_extensions
+
+_register_extensions()
 
 OLDER = "<!-- the report of an earlier run -->\n"
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from diag.errors import UsageError
 from diag.model import Result, Severity
+from diag.progress import Progress
 
 FINGERPRINT_BYTES = 1 << 20
 
@@ -364,43 +365,3 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-class Progress:
-    """A rich progress bar on stderr, or a no-op when quiet (not a terminal, --quiet, small)."""
-
-    def __init__(self, quiet: bool, total: int, label: str, unit: str = "bytes") -> None:
-        self.quiet = quiet
-        self.total = total
-        self.label = label
-        self.unit = unit
-
-    def __enter__(self) -> Callable[[int, int], None] | None:
-        if self.quiet:
-            return None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as Bar
-
-        amount = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
-        self._bar = Bar(
-            TextColumn(self.label),
-            BarColumn(),
-            amount,
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._bar.start()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda done, total: self._bar.update(task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.quiet:
-            self._bar.stop()

@@ -9,6 +9,7 @@ from typing import Any
 
 from diag.errors import DiagError
 from diag.model import Finding, Result, RuleError, Skipped
+from diag.progress import Progress
 from diag.registry import RuleSpec
 from diag.run import MISSING_REASONS, Run
 
@@ -20,8 +21,6 @@ def run_rules(
     options: dict[str, dict[str, Any]] | None = None,
 ) -> Result:
     """Run each rule whose inputs exist; `options` are per-rule keyword thresholds."""
-    from diag.api import Progress
-
     findings: list[Finding] = []
     skipped: list[Skipped] = []
     errors: list[RuleError] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +12,7 @@ from diag.loaders.logs.curves import TrainingLog
 from diag.loaders.splits.model import Split
 from diag.memory import give_back
 from diag.probe import Probe
+from diag.progress import Advance, Progress
 from diag.stats import (
     StatsAccumulator,
     TensorStats,
@@ -37,8 +37,6 @@ MISSING_REASONS = {
     "gradients": "needs --model and --batch (with targets)",
     "checkpoint|activations": "needs a checkpoint, or --model and --batch",
 }
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -129,7 +127,7 @@ class Run:
             i.nbytes for c in (self.checkpoint, self.init) if c is not None for i in c.infos()
         )
 
-    def prepare(self, progress: Progress | None = None) -> None:
+    def prepare(self, progress: Advance | None = None) -> None:
         """One pass over the tensors: statistics of each, and movement since --init.
 
         Each final tensor is read once, in blocks of rows, alongside the same rows of its
@@ -211,8 +209,6 @@ def analyse_splits(splits: dict[str, Split], quiet: bool = True) -> LeakageRepor
 
 
 def sample_progress(quiet: bool, total: int) -> Any:
-    from diag.api import Progress
-
     return Progress(quiet or total < 50_000, total, "hashing samples", unit="samples")
 
 

@@ -1,4 +1,4 @@
-"""A tiny causal language model built offline: stdlib docstrings, a BPE trained on them, a small GPT-2.
+"""A tiny causal language model built offline: stdlib docstrings, a BPE trained on them, a GPT-2.
 
 Nothing is downloaded: the text ships with Python, the tokenizer is trained here in seconds, and the
 model is built from a config, so the tests that use it run anywhere the venv runs.
@@ -25,10 +25,10 @@ _MODULES = (
     "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email.message",
     "enum", "fractions", "ftplib", "functools", "gettext", "glob", "gzip", "heapq", "hmac",
     "html.parser", "http.client", "imaplib", "inspect", "ipaddress", "json", "logging", "mailbox",
-    "numbers", "optparse", "os", "pathlib", "pickle", "pprint", "queue", "random", "shlex", "shutil",
-    "smtplib", "socketserver", "statistics", "string", "subprocess", "tarfile", "tempfile",
-    "textwrap", "threading", "tokenize", "traceback", "typing", "unittest", "urllib.parse",
-    "uuid", "warnings", "zipfile",
+    "numbers", "optparse", "os", "pathlib", "pickle", "pprint", "queue", "random", "shlex",
+    "shutil", "smtplib", "socketserver", "statistics", "string", "subprocess", "tarfile",
+    "tempfile", "textwrap", "threading", "tokenize", "traceback", "typing", "unittest",
+    "urllib.parse", "uuid", "warnings", "zipfile",
 )  # fmt: skip
 
 
@@ -112,7 +112,7 @@ def tiny_gpt2_config(vocab_size: int, **overrides: Any) -> transformers.GPT2Conf
 def lm_batches(
     tokenizer: transformers.PreTrainedTokenizerBase, texts: list[str], block: int = 64
 ) -> torch.Tensor:
-    """All texts encoded, joined by eos, and cut into (N, block) rows; the ragged tail is dropped."""
+    """All texts encoded, joined by eos, cut into (N, block) rows; the ragged tail is dropped."""
     import torch
 
     ids: list[int] = []

@@ -2,7 +2,7 @@
 
 `open_logs` takes what a user passes to `--logs`: a log file of a known format, or a
 folder searched for them (TensorBoard event files, Lightning/Keras/plain CSV, JSON Lines,
-Hugging Face `trainer_state.json`, MLflow file stores and `mlflow.db`).
+Hugging Face `trainer_state.json`, MLflow file stores and `mlflow.db`, W&B `run-*.wandb`).
 """
 
 from __future__ import annotations
@@ -37,17 +37,20 @@ def open_logs(path: Path) -> list[LogRun]:
             raise InputError(
                 path,
                 "no training logs found (looked for TensorBoard event files, metrics.csv and "
-                "other CSV/TSV, JSON Lines, trainer_state.json, MLflow runs and mlflow.db)",
+                "other CSV/TSV, JSON Lines, trainer_state.json, MLflow runs and mlflow.db, "
+                "W&B run-*.wandb)",
             )
         return runs
     return _read_file(path)
 
 
 def _read_file(path: Path) -> list[LogRun]:
-    from diag.loaders.logs import mlflow, tables, tensorboard
+    from diag.loaders.logs import mlflow, tables, tensorboard, wandb
 
     if tensorboard.is_event_file(path):
         return _pair_sides(tensorboard.read_tensorboard(path))
+    if wandb.is_wandb_file(path):
+        return wandb.read_wandb(path)
     if mlflow.is_mlflow(path):
         return mlflow.read_mlflow(path)
     kind = tables.sniff_text_log(path)
@@ -73,7 +76,7 @@ def _read_file(path: Path) -> list[LogRun]:
 
 
 def _read_folder(root: Path) -> list[LogRun]:
-    from diag.loaders.logs import mlflow, tables, tensorboard
+    from diag.loaders.logs import mlflow, tables, tensorboard, wandb
 
     if mlflow.is_mlflow(root):
         return mlflow.read_mlflow(root)
@@ -81,11 +84,18 @@ def _read_folder(root: Path) -> list[LogRun]:
     has_events = False
     text_logs: list[Path] = []
     hf_states: dict[Path, list[tuple[int, Path]]] = {}
+    wandb_files: list[Path] = []
     seen = 0
     for folder, dirs, files, depth in _walk(root):
         seen += len(dirs) + len(files)
         if seen > MAX_ENTRIES:
             raise InputError(root, f"more than {MAX_ENTRIES} entries: point --logs at one run")
+        found = sorted(f for f in files if f.endswith(wandb.SUFFIX))
+        if found:
+            # A W&B run folder: its logs/ and files/ hold wandb's own logs, not metrics.
+            wandb_files.extend(folder / f for f in found)
+            dirs[:] = []
+            continue
         keep = []
         for d in sorted(dirs):
             sub = folder / d
@@ -115,6 +125,8 @@ def _read_folder(root: Path) -> list[LogRun]:
         runs.extend(tables.read_trainer_state(max(states)[1]))
     for path in text_logs:
         runs.extend(_read_file(path))
+    if wandb_files:
+        runs.extend(wandb.read_wandb_files(wandb_files))
     return runs
 
 

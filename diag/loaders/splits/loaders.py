@@ -18,28 +18,33 @@ from diag.errors import InputError
 from diag.loaders.splits.arrays import GROUP_NAMES, X_NAMES, Y_NAMES, array_split
 from diag.loaders.splits.common import GROUP_COLUMNS, ID_COLUMNS, LABEL_COLUMNS
 from diag.loaders.splits.csv_table import open_csv
+from diag.loaders.splits.hf_datasets import is_datasets_folder, open_datasets_folder
 from diag.loaders.splits.image_folder import IMAGE_EXTENSIONS, MAX_IMAGE_FILES, open_image_folder
 from diag.loaders.splits.images import MAX_IMAGE_PIXELS, image_format
+from diag.loaders.splits.jsonl import open_jsonl
 from diag.loaders.splits.model import Split
 from diag.loaders.splits.npz import MAX_INFLATED_BYTES, MAX_ZIP_ENTRIES, npy_member, npz_members
 from diag.loaders.splits.parquet import open_parquet
 from diag.loaders.splits.torch_pt import open_torch
+from diag.loaders.splits.webdataset import folder_shards, is_pattern, open_webdataset, shard_paths
 from diag.loaders.ziparchive import open_zip
 
 NOT_A_SPLIT = (
-    "not a split diag can read (expected .npz/.npy, .csv/.tsv, .parquet, an image folder, "
-    "or a .pt of tensors)"
+    "not a split diag can read (expected .npz/.npy, .csv/.tsv, .parquet, .jsonl, an image "
+    "folder, a datasets folder, WebDataset .tar shards, or a .pt of tensors)"
 )
 
 _EXTENSIONS = {
     ".npz": "npz", ".npy": "npy", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
-    ".pq": "parquet", ".pt": "torch", ".pth": "torch",
+    ".pq": "parquet", ".pt": "torch", ".pth": "torch", ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".json": "jsonl", ".tar": "tar",
 }  # fmt: skip
 _DESCRIBED = {
     "npz": "a NumPy .npz archive", "npy": "a NumPy .npy array", "csv": "CSV text",
     "tsv": "TSV text", "parquet": "Parquet", "torch": "a torch zip archive",
     "image": "an image (pass the folder that holds the images)",
     "pickle": "a raw pickle", "text": "unrecognised (text or unknown bytes)",
+    "jsonl": "JSON Lines", "tar": "a tar archive (a WebDataset shard)",
 }  # fmt: skip
 
 
@@ -60,11 +65,14 @@ def open_split(
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
+        if is_pattern(str(path)):  # WebDataset shards: `train-{000000..000003}.tar`
+            shards = shard_paths(str(path))
+            return open_webdataset(name, shards, label_column, group_column, path)
         raise InputError(path, "no such file or folder") from None
     except OSError as exc:
         raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(mode):
-        return open_image_folder(name, path)
+        return _open_folder(name, path, label_column, group_column)
     if not stat.S_ISREG(mode):
         raise InputError(path, "not a regular file or a folder")
     fmt = _detect_format(path)
@@ -76,7 +84,22 @@ def open_split(
         return array_split(name, path, {"x": npy_member(path)}, None, None)
     if fmt == "npz":
         return array_split(name, path, npz_members(path), label_column, group_column)
+    if fmt == "jsonl":
+        return open_jsonl(name, [path], label_column, group_column)
+    if fmt == "tar":
+        return open_webdataset(name, [path], label_column, group_column, path)
     return open_torch(name, path, label_column, group_column, legacy=fmt == "torch-legacy")
+
+
+def _open_folder(
+    name: str, path: Path, label_column: str | None, group_column: str | None
+) -> Split:
+    if is_datasets_folder(path):
+        return open_datasets_folder(name, path, label_column, group_column)
+    shards = folder_shards(path)
+    if shards:
+        return open_webdataset(name, shards, label_column, group_column, path)
+    return open_image_folder(name, path)
 
 
 # ---------------------------------------------------------------- format sniffing
@@ -85,7 +108,7 @@ def open_split(
 def _detect_format(path: Path) -> str:
     try:
         with path.open("rb") as fh:
-            head = fh.read(16)
+            head = fh.read(512)  # a tar says "ustar" at byte 257
     except OSError as exc:
         raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
     if not head:
@@ -99,10 +122,10 @@ def _detect_format(path: Path) -> str:
         # a plain pickle is refused unread.
         return "torch-legacy"
     if expected is None:
-        if content in ("npy", "npz", "parquet", "torch"):
+        if content in ("npy", "npz", "parquet", "torch", "jsonl", "tar"):
             return content
         raise InputError(path, NOT_A_SPLIT)
-    if expected in ("csv", "tsv") and content == "text":
+    if expected in ("csv", "tsv") and content in ("text", "jsonl"):
         return expected
     if expected == content:
         return content
@@ -121,6 +144,10 @@ def _content_kind(head: bytes) -> str:
         return "image"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return "pickle"
+    if head[257:262] == b"ustar":
+        return "tar"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+        return "jsonl"
     return "text"
 
 

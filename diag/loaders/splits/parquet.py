@@ -115,10 +115,17 @@ def _parquet_id_columns(
 
 
 def _parquet_values(path: Path, pf: Any, column: str) -> np.ndarray:
+    with arrow_errors(path):
+        values = pf.read(columns=[column]).column(0)
+    return arrow_values(path, values)
+
+
+def arrow_values(path: Path, values: Any) -> np.ndarray:
+    """Labels or groups from one Arrow column: integers stay integers, numbers with nulls
+    become float64 (NaN), anything else strings."""
     import pyarrow as pa
 
     with arrow_errors(path):
-        values = pf.read(columns=[column]).column(0)
         kind = values.type
         if values.null_count == 0 and (pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
             return values.to_numpy()
@@ -174,27 +181,32 @@ class _ParquetSamples:
         return [found[i] for i in wanted.tolist()]
 
     def _convert(self, table: Any) -> object:
-        import pyarrow as pa
+        return arrow_chunk(self._path, self._layout, table)
 
-        layout, n = self._layout, table.num_rows
-        with arrow_errors(self._path):
-            texts = [
-                ["" if v is None else str(v) for v in table.column(layout.names[j]).to_pylist()]
-                for j in layout.text
-            ]
-            numeric = np.empty((n, len(layout.numeric)), dtype=np.float64)
-            for k, j in enumerate(layout.numeric):
-                column = table.column(layout.names[j]).cast(pa.float64(), safe=False)
-                numeric[:, k] = column.to_numpy()
-        if layout.kind == TEXT:
-            return texts[0]
-        if layout.image_shape is not None:
-            return numeric.reshape(n, *layout.image_shape)
-        if not texts:
-            return TableChunk(numeric)
-        heads = [layout.names[j] for j in layout.text]
-        joined = [
-            "|".join(f"{h}={v}" for h, v in zip(heads, row, strict=True))
-            for row in zip(*texts, strict=True)
+
+def arrow_chunk(path: Path, layout: Layout, table: Any) -> object:
+    """The chunk for an Arrow table of a layout's feature columns."""
+    import pyarrow as pa
+
+    n = table.num_rows
+    with arrow_errors(path):
+        texts = [
+            ["" if v is None else str(v) for v in table.column(layout.names[j]).to_pylist()]
+            for j in layout.text
         ]
-        return TableChunk(numeric, joined)
+        numeric = np.empty((n, len(layout.numeric)), dtype=np.float64)
+        for k, j in enumerate(layout.numeric):
+            column = table.column(layout.names[j]).cast(pa.float64(), safe=False)
+            numeric[:, k] = column.to_numpy()
+    if layout.kind == TEXT:
+        return texts[0]
+    if layout.image_shape is not None:
+        return numeric.reshape(n, *layout.image_shape)
+    if not texts:
+        return TableChunk(numeric)
+    heads = [layout.names[j] for j in layout.text]
+    joined = [
+        "|".join(f"{h}={v}" for h, v in zip(heads, row, strict=True))
+        for row in zip(*texts, strict=True)
+    ]
+    return TableChunk(numeric, joined)

@@ -25,19 +25,18 @@ def frame(payloads: Iterable[bytes], header: bytes = HEADER) -> bytes:
     """A whole run file holding `payloads` in order."""
     out = bytearray(header)
     for payload in payloads:
-        first = True
+        pos = 0
         while True:
             left = BLOCK - len(out) % BLOCK
             if left < FRAME:
                 out += b"\x00" * left
                 continue
-            room = left - FRAME
-            chunk, payload = payload[:room], payload[room:]
-            last = not payload
+            chunk = payload[pos : pos + left - FRAME]
+            first, last = pos == 0, pos + len(chunk) == len(payload)
             kind = (1 if last else 2) if first else (4 if last else 3)  # FULL FIRST LAST MIDDLE
             out += frame_record(kind, chunk)
-            first = False
-            if not payload:
+            pos += len(chunk)
+            if last:
                 break
     return bytes(out)
 

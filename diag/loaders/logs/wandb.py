@@ -454,6 +454,14 @@ def _skip(data: bytes, pos: int, end: int, number: int, wire: int) -> int:
 
 def _decode_record(data: bytes, state: _RunState) -> None:
     """Apply one `Record`: its history row, run info, config or exit code."""
+    common = _common_shape(data)
+    if common is not None:
+        tag, start = common
+        if tag == 0x1A:  # a summary: the history rows hold the same numbers
+            return
+        if tag == 0x12:
+            _history_row(data, [(start, len(data))], state)
+            return
     kind = 0  # the member of the record_type oneof set last
     spans: list[tuple[int, int]] = []  # its occurrences: protobuf merges them
     pos, end = 0, len(data)
@@ -481,26 +489,101 @@ def _decode_record(data: bytes, state: _RunState) -> None:
             _exit(data, start, stop, state)
 
 
+def _common_shape(data: bytes) -> tuple[int, int] | None:
+    """(key byte, payload start) of a record shaped `[num] field-to-the-end`, else None.
+
+    Nearly every record wandb writes is `08 <num> 12|1A <length> <history|summary>`: this
+    recognises them in a few byte reads; anything else goes through the general decoder.
+    """
+    n = len(data)
+    p = 0
+    if n > 12 and data[0] == 0x08:
+        p = 1
+        while data[p] >= 0x80:
+            p += 1
+            if p > 10:
+                return None  # an over-long varint: the general decoder names it
+        p += 1
+    if p + 3 > n:
+        return None
+    b = data[p + 1]
+    if b < 0x80:
+        length, start = b, p + 2
+    elif data[p + 2] < 0x80:
+        length, start = (b & 0x7F) | data[p + 2] << 7, p + 3
+    else:
+        return None
+    return (data[p], start) if start + length == n else None
+
+
 def _history_row(data: bytes, spans: list[tuple[int, int]], state: _RunState) -> None:
     """One `wandb.log` call: every numeric item becomes a point of this row."""
+    items, step_span = _row_items(data, spans)
     row = len(state.steps)
     metrics = state.metrics
-    step = global_step = record_step = None
+    step = global_step = None
     wall = epoch = float("nan")
     added = 0
+    for name, raw in items:
+        role, metric = metrics.get(name) or _new_metric(name, state)
+        if role == _IGNORED or len(raw) > MAX_NUMBER_BYTES:
+            continue
+        try:
+            value = float(raw)  # JSON numbers, and NaN and ±Infinity as wandb writes them
+        except ValueError:
+            continue  # a string, a bool, null, a list or a dict: not a point
+        if metric is not None:
+            metric.rows.append(row)
+            metric.values.append(value)
+            added += 1
+        if role == _STEP:
+            step = _integer(raw)
+        elif role == _GLOBAL_STEP:
+            global_step = _integer(raw)
+        elif role == _TIME:
+            wall = value
+        elif role == _EPOCH:
+            epoch = value
+            state.any_epoch = True
+    state.budget[0] -= added
+    if state.budget[0] < 0:
+        raise _Malformed(f"more than {MAX_POINTS} points")
+    if global_step is None:
+        global_step = step
+    if global_step is None and step_span is not None:
+        global_step = _history_step(data, *step_span)
+    if global_step is None:
+        global_step = state.steps[-1] + 1 if state.steps else 0
+    state.steps.append(global_step)
+    state.walls.append(wall)
+    state.epochs.append(epoch)
+
+
+def _row_items(
+    data: bytes, spans: list[tuple[int, int]]
+) -> tuple[list[tuple[bytes, bytes]], tuple[int, int] | None]:
+    """A HistoryRecord's items as (name, value_json), and where its own step lies."""
+    items = []
+    step_span = None
     for h_start, h_end in spans:
         pos = h_start
         while pos < h_end:
-            number, wire, pos = _field_key(data, pos, h_end)
-            if wire != 2 or number not in (1, 2):
-                pos = _skip(data, pos, h_end, number, wire)
-                continue
-            start, pos = _span(data, pos, h_end)
-            if number == 2:
-                record_step = _history_step(data, start, pos)
-                continue
-            # Fast path: `12 <len> key 82 01 <len> value_json` (one nested_key, then
-            # value_json, both under 128 bytes), what wandb writes for every scalar.
+            if data[pos] == 0x0A and pos + 1 < h_end and data[pos + 1] < 0x80:
+                start = pos + 2  # an item under 128 bytes: its key and length inline
+                pos = start + data[pos + 1]
+                if pos > h_end:
+                    raise _Malformed(f"a field of {pos - start} bytes past the end of its message")
+            else:
+                number, wire, pos = _field_key(data, pos, h_end)
+                if wire != 2 or number not in (1, 2):
+                    pos = _skip(data, pos, h_end, number, wire)
+                    continue
+                start, pos = _span(data, pos, h_end)
+                if number == 2:
+                    step_span = (start, pos)  # decoded only if the items hold no step
+                    continue
+            # `12 <len> key 82 01 <len> value_json`: one nested_key, then value_json, both
+            # under 128 bytes, as wandb writes every scalar; other layouts decoded in full.
             vp = start + 2 + data[start + 1] if pos - start > 4 else pos
             if (
                 vp + 3 <= pos
@@ -511,46 +594,12 @@ def _history_row(data: bytes, spans: list[tuple[int, int]], state: _RunState) ->
                 and data[vp + 2] < 0x80
                 and vp + 3 + data[vp + 2] == pos
             ):
-                name, raw = data[start + 2 : vp], data[vp + 3 : pos]
+                items.append((data[start + 2 : vp], data[vp + 3 : pos]))
             else:
                 name, raw = _history_item(data, start, pos)
-                if name is None:
-                    continue
-            found = metrics.get(name)
-            if found is None:
-                found = _new_metric(name, state)
-            role, metric = found
-            if role == _SERIES or metric is not None:
-                value = _number(raw)
-                if value is None:
-                    continue
-                if metric is not None:
-                    metric.rows.append(row)
-                    metric.values.append(value)
-                    added += 1
-            if role == _STEP:
-                step = _integer(raw)
-            elif role == _GLOBAL_STEP:
-                global_step = _integer(raw)
-            elif role == _TIME:
-                found_wall = _number(raw)
-                if found_wall is not None:
-                    wall = found_wall
-            elif role == _EPOCH:
-                found_epoch = _number(raw)
-                if found_epoch is not None:
-                    epoch = found_epoch
-                    state.any_epoch = True
-    state.budget[0] -= added
-    if state.budget[0] < 0:
-        raise _Malformed(f"more than {MAX_POINTS} points")
-    if global_step is None:
-        global_step = step if step is not None else record_step
-    if global_step is None:
-        global_step = state.steps[-1] + 1 if state.steps else 0
-    state.steps.append(global_step)
-    state.walls.append(wall)
-    state.epochs.append(epoch)
+                if name is not None:
+                    items.append((name, raw))
+    return items, step_span
 
 
 def _new_metric(name: bytes, state: _RunState) -> tuple[int, _Metric | None]:
@@ -611,7 +660,7 @@ def _history_item(data: bytes, start: int, end: int) -> tuple[bytes | None, byte
 
 
 def _number(raw: bytes) -> float | None:
-    """A JSON number (NaN and ±Infinity included, as wandb writes them) -> float, else None."""
+    """A JSON number (NaN and ±Infinity included) -> float, else None."""
     if len(raw) > MAX_NUMBER_BYTES:
         return None
     try:

@@ -42,6 +42,7 @@ class CheckOptions:
     html: str | None = None
     fail_on: str = "error"
     quiet: bool = True
+    verbose: bool = False
     extend_select: list[str] = field(default_factory=list)
     per_object_ignores: dict[str, list[str]] = field(default_factory=dict)
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -83,10 +84,16 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     run = Run()
-    if options.checkpoint:
+    folder = _run_folder(options.checkpoint)
+    if folder is not None:
+        open_history(run, folder)
+        if not options.logs:
+            options.logs = [str(p) for p in folder.logs]
+    elif options.checkpoint:
         run.checkpoint = open_checkpoint(options.checkpoint)
     if options.init:
         run.init = open_checkpoint(options.init)
+        run.init_is_reference = False
     if options.logs:
         run.logs = load_logs(options.logs, options.train_metric, options.val_metric)
     if options.splits:
@@ -113,11 +120,70 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     }
     if options.config_path:
         metadata["config_path"] = options.config_path
+    if folder is not None:
+        metadata["run"] = _run_metadata(run, folder)
     result = run_rules(run, specs, metadata, rule_options)
+    if run.history and len(run.history) > 1:
+        from diag.history import first_seen
+
+        result = first_seen(result, run.history, specs, rule_options)
     result = apply_object_ignores(result, options.per_object_ignores)
     if options.baseline:
         result = apply_baseline(result, Path(options.baseline))
     return result, run
+
+
+def _run_folder(path: str | None) -> Any:
+    """The run folder `path` names, or None for a checkpoint file or a single saved model."""
+    if not path or not Path(path).is_dir():
+        return None
+    from diag.loaders.discover import discover
+
+    found = discover(Path(path))
+    if found.layout == "model folder" and not found.logs:
+        return None  # one saved model: the checkpoint loader opens the folder as before
+    return found
+
+
+def open_history(run: Any, folder: Any) -> None:
+    """Open every checkpoint of a run folder, oldest first; the earliest is the reference
+    the others are measured against until --init says otherwise."""
+    from diag.loaders.checkpoint import open_checkpoint
+
+    history = []
+    for entry in folder.checkpoints:
+        ckpt = open_checkpoint(entry.path)
+        ckpt.meta.extra["label"] = entry.label
+        if ckpt.meta.global_step is None and entry.step is not None:
+            ckpt.meta.global_step = entry.step
+        if ckpt.meta.epoch is None and entry.epoch is not None:
+            ckpt.meta.epoch = entry.epoch
+        history.append(ckpt)
+    if not history:
+        return
+    run.history = history
+    run.checkpoint = history[-1]
+    if len(history) > 1:
+        run.init = history[0]
+        run.init_is_reference = True
+
+
+def _run_metadata(run: Any, folder: Any) -> dict[str, Any]:
+    from diag.history import checkpoint_label
+
+    out: dict[str, Any] = {"path": str(folder.root), "layout": folder.layout}
+    out["checkpoints"] = [
+        {"label": checkpoint_label(c), "path": c.path, "step": c.meta.global_step}
+        for c in run.history or ()
+    ]
+    if run.init is not None:
+        out["reference"] = checkpoint_label(run.init) if run.init_is_reference else run.init.path
+        out["reference_is_init"] = not run.init_is_reference
+    out["logs"] = [str(p) for p in folder.logs]
+    out["files"] = [{"path": f.path, "role": f.role, "note": f.note} for f in folder.files]
+    if folder.notes:
+        out["notes"] = list(folder.notes)
+    return out
 
 
 def validate_rule_options(specs: list[Any], wanted: dict[str, dict[str, Any]]) -> dict:
@@ -261,7 +327,8 @@ def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:
         sys.stderr.write(
             f"diag: wrote {count} finding(s) to the baseline {options.write_baseline}\n"
         )
-    text = render(options.fmt, result, run)
+    verbose = {"verbose": True} if options.verbose and options.fmt == "text" else {}
+    text = render(options.fmt, result, run, **verbose)
     if options.output:
         write_atomic(Path(options.output), text)
     else:
@@ -323,10 +390,12 @@ def _split_inputs(run: Any) -> list[dict[str, Any]]:
 
 def _checkpoint_inputs(run: Any) -> list[dict[str, Any]]:
     out = []
-    for role in ("checkpoint", "init"):
-        ckpt = getattr(run, role)
+    # The checkpoint, then the reference, then the run's checkpoints between them.
+    middle = [c for c in getattr(run, "history", None) or () if c is not run.checkpoint]
+    for ckpt in [run.checkpoint, run.init, *(c for c in middle if c is not run.init)]:
         if ckpt is None:
             continue
+        role = "checkpoint" if ckpt is run.checkpoint else "init" if ckpt is run.init else "history"
         path = Path(ckpt.path)
         entry: dict[str, Any] = {"role": role, "path": ckpt.path, "format": ckpt.format}
         if path.is_file():

@@ -118,6 +118,9 @@ def cli() -> None:
     "--isolated", is_flag=True, help="Ignore every config file: only the flags given count."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="List every file read and every rule not run, and why."
+)
 def check(
     checkpoint: str | None,
     init_path: str | None,
@@ -142,8 +145,14 @@ def check(
     config_path: str | None,
     isolated: bool,
     quiet: bool,
+    verbose: bool,
 ) -> None:
-    """Check what a training run left behind: its checkpoint, initial weights and logs."""
+    """Check what a training run left behind.
+
+    CHECKPOINT is a checkpoint file, a saved model folder, or a whole run folder (Hugging
+    Face Trainer output_dir, Lightning, numbered checkpoints, W&B): its checkpoints and logs
+    are found and read in training order, and flags given explicitly override what is found.
+    """
     from diag.api import CheckOptions, run_check
 
     try:
@@ -177,6 +186,7 @@ def check(
             html=html_path or config.get("html"),
             fail_on=fail_on or config.get("fail-on", "error"),
             quiet=quiet or not sys.stderr.isatty(),
+            verbose=verbose,
         )
         code = run_check(options, echo=click.echo)
     except DiagError as exc:

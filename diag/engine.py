@@ -11,7 +11,7 @@ from diag.errors import DiagError
 from diag.model import Finding, Result, RuleError, Skipped
 from diag.progress import Progress
 from diag.registry import RuleSpec
-from diag.run import MISSING_REASONS, Run
+from diag.run import MISSING_FLAGS, MISSING_REASONS, Run
 
 
 def run_rules(
@@ -59,7 +59,8 @@ def _run_one(
         )
         return
     if missing:
-        skipped.append(Skipped(spec.name, MISSING_REASONS.get(missing[0], f"needs {missing[0]}")))
+        reason = MISSING_REASONS.get(missing[0], f"needs {missing[0]}")
+        skipped.append(Skipped(spec.name, reason, MISSING_FLAGS.get(missing[0], missing[0])))
         return
     # `a|b` needs either input; the rule gets both, one of them possibly None.
     kwargs = {n: run.artifact(n) for need in (*spec.needs, *spec.uses) for n in need.split("|")}

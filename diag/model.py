@@ -66,6 +66,7 @@ class Finding:
 class Skipped:
     rule: str
     reason: str
+    flag: str = ""  # what the user would add to run it: --logs, --split, --model/--batch
 
 
 @dataclass(frozen=True)

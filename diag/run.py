@@ -6,20 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diag.errors import DiagError
-from diag.loaders.blocks import Buffer, TensorSource
 from diag.loaders.checkpoint import Checkpoint
 from diag.loaders.logs.curves import TrainingLog
 from diag.loaders.splits.model import Split
 from diag.memory import give_back
 from diag.probe import Probe
 from diag.progress import Advance, Progress
-from diag.stats import (
-    StatsAccumulator,
-    TensorStats,
-    UpdateAccumulator,
-    UpdateStats,
-    can_compare,
-)
+from diag.stats import UpdateStats
 
 # Why a rule was skipped, by the artifact it needed.
 MISSING_REASONS = {
@@ -38,11 +31,27 @@ MISSING_REASONS = {
     "checkpoint|activations": "needs a checkpoint, or --model and --batch",
 }
 
+# The flag that would supply each input, for the one-line summary of skipped rules.
+MISSING_FLAGS = {
+    "checkpoint": "CHECKPOINT",
+    "init": "--init", "updates": "--init", "initial": "--init",
+    "logs": "--logs", "logs|checkpoint": "--logs",
+    "splits": "--split", "leakage": "--split",
+    "probe": "--model/--batch", "probe_init": "--model/--batch",
+    "activations": "--model/--batch", "gradients": "--model/--batch",
+    "checkpoint|activations": "CHECKPOINT",
+}  # fmt: skip
+
 
 @dataclass
 class Run:
     checkpoint: Checkpoint | None = None
     init: Checkpoint | None = None
+    # Every checkpoint of a run folder, oldest first (the last is `checkpoint`), and
+    # whether `init` is only the earliest of them rather than the weights before training.
+    history: list[Checkpoint] | None = None
+    init_is_reference: bool = False
+    trajectories: Any = None
     updates: dict[str, UpdateStats] | None = None
     logs: list[TrainingLog] | None = None
     splits: dict[str, Split] | None = None
@@ -56,8 +65,8 @@ class Run:
 
     @property
     def initial(self) -> Checkpoint | None:
-        """The untrained weights: --init, or the checkpoint itself when saved at step 0."""
-        if self.init is not None:
+        """The untrained weights: --init, or a checkpoint saved at step 0."""
+        if self.init is not None and (not self.init_is_reference or self.init.is_initial):
             return self.init
         if self.checkpoint is not None and self.checkpoint.is_initial:
             return self.checkpoint
@@ -122,51 +131,31 @@ class Run:
     def artifact(self, name: str) -> Any:
         return getattr(self, name)
 
+    def members(self) -> list[Checkpoint]:
+        """The checkpoints in training order: the reference (--init, or the earliest of the
+        run) first, the checkpoint under check last."""
+        seq = list(self.history or ([self.checkpoint] if self.checkpoint is not None else []))
+        if self.init is not None and (not seq or seq[0] is not self.init):
+            seq.insert(0, self.init)
+        return seq
+
     def total_bytes(self) -> int:
-        return sum(
-            i.nbytes for c in (self.checkpoint, self.init) if c is not None for i in c.infos()
-        )
+        return sum(i.nbytes for c in self.members() for i in c.infos())
 
     def prepare(self, progress: Advance | None = None) -> None:
-        """One pass over the tensors: statistics of each, and movement since --init.
+        """One pass over the tensors of every checkpoint: statistics of each, movement since
+        the reference, and each tensor's trajectory when the run has three or more.
 
-        Each final tensor is read once, in blocks of rows, alongside the same rows of its
-        initial counterpart when there is one: both files are read exactly once and, for
-        tensors stored as a plain run of bytes, only a block of each is in memory.
+        Each file is read exactly once, a block of rows of each tensor at a time, side by
+        side with the same rows of the other checkpoints (see diag.history).
         """
-        done = 0
-        total = self.total_bytes()
-        init_infos = {i.name: i for i in self.init.infos()} if self.init else {}
-        if self.init is not None:
-            self.updates = {}
-        final_buf, init_buf = Buffer(), Buffer()
-        if self.checkpoint is not None:
-            for info in self.checkpoint.infos():
-                before = init_infos.pop(info.name, None)
-                source = TensorSource(self.checkpoint.table, info)
-                if before is None or self.init is None:
-                    self.checkpoint.stats[info.name] = _stats(source, final_buf)
-                    done += info.nbytes
-                else:
-                    twin = TensorSource(self.init.table, before)
-                    final_stats, init_stats, update = _paired_stats(
-                        source, twin, final_buf, init_buf
-                    )
-                    self.checkpoint.stats[info.name] = final_stats
-                    self.init.stats[info.name] = init_stats
-                    if update is not None and self.updates is not None:
-                        self.updates[info.name] = update
-                    done += info.nbytes + before.nbytes
-                if progress:
-                    progress(done, total)
-        if self.init is not None:
-            for info in init_infos.values():  # tensors only the initial checkpoint has
-                self.init.stats[info.name] = _stats(TensorSource(self.init.table, info), init_buf)
-                done += info.nbytes
-                if progress:
-                    progress(done, total)
-        del final_buf, init_buf
-        give_back()
+        from diag.history import stream_checkpoints
+
+        members = self.members()
+        if not members:
+            return
+        updates, self.trajectories = stream_checkpoints(members, progress)
+        self.updates = updates if self.init is not None else None
 
 
 @dataclass
@@ -210,35 +199,3 @@ def analyse_splits(splits: dict[str, Split], quiet: bool = True) -> LeakageRepor
 
 def sample_progress(quiet: bool, total: int) -> Any:
     return Progress(quiet or total < 50_000, total, "hashing samples", unit="samples")
-
-
-def _stats(source: TensorSource, buffer: Buffer) -> TensorStats:
-    acc = StatsAccumulator(source.info)
-    for _, block in source.blocks(source.default_rows_per_block(), buffer):
-        acc.add(block)
-    stats = acc.finish(source.units)
-    source.release()
-    return stats
-
-
-def _paired_stats(
-    final: TensorSource, init: TensorSource, final_buf: Buffer, init_buf: Buffer
-) -> tuple[TensorStats, TensorStats, UpdateStats | None]:
-    """Statistics of a tensor and its initial twin, and the movement between them."""
-    if not can_compare(init.info, final.info):
-        return _stats(final, final_buf), _stats(init, init_buf), None
-    acc, init_acc = StatsAccumulator(final.info), StatsAccumulator(init.info)
-    update = UpdateAccumulator(final.info.name)
-    # Matching blocks need both tensors blocked alike; otherwise each comes whole.
-    rows = final.default_rows_per_block()
-    if not (final.blockable and init.blockable):
-        rows = final.n_rows
-    pairs = zip(final.blocks(rows, final_buf), init.blocks(rows, init_buf), strict=True)
-    for (_, new), (_, old) in pairs:
-        acc.add(new)
-        init_acc.add(old)
-        update.add(old, new)
-    result = acc.finish(final.units), init_acc.finish(init.units), update.finish()
-    final.release()
-    init.release()
-    return result

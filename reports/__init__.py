@@ -30,5 +30,6 @@ def renderer(name: str) -> Renderer:
     return import_module(module).render
 
 
-def render(name: str, result: Result, run: Any = None) -> str:
-    return renderer(name)(result, run)
+def render(name: str, result: Result, run: Any = None, **options: Any) -> str:
+    """`options` go to the reporters that take them (the text report's `verbose`)."""
+    return renderer(name)(result, run, **options)

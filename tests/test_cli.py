@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,35 @@ def test_golden_text_of_the_canonical_result():
     from diag.reports import render
 
     assert render("text", canonical_result()) == (GOLDEN / "canonical.txt").read_text()
+
+
+def test_golden_text_verbose_lists_every_skipped_rule():
+    from diag.reports import render
+
+    rendered = render("text", canonical_result(), verbose=True)
+    assert rendered == (GOLDEN / "canonical-verbose.txt").read_text()
+    assert "update-ratio: needs --init" in rendered
+
+
+def test_skipped_rules_are_one_line_grouped_by_the_flag_they_need(tmp_path, runs):
+    """A plain `diag check model.pt` names what was not checked in one line, not twenty."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "diag", "check", str(runs["healthy"]["final"]), "-q"],
+        capture_output=True,
+        text=True,
+    )
+    lines = proc.stdout.splitlines()
+    summary = [line for line in lines if "inputs you did not give" in line]
+    assert len(summary) == 1, proc.stdout
+    counts = dict(re.findall(r"(--[a-z/-]+|CHECKPOINT) (\d+)", summary[0]))
+    assert counts["--logs"] == "5" and counts["--split"] == "6", summary[0]
+    assert counts["--model/--batch"] == "7", summary[0]
+    assert not any(line.startswith("SKIPPED") for line in lines)
+    verbose = subprocess.run(
+        [sys.executable, "-m", "diag", "check", str(runs["healthy"]["final"]), "-q", "-v"],
+        capture_output=True,
+        text=True,
+    )
+    total = int(summary[0].split()[0])
+    listed = verbose.stdout.split("SKIPPED (", 1)[1].splitlines()[1 : 1 + total]
+    assert len(listed) == total and all(": needs" in line for line in listed)

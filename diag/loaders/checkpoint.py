@@ -39,7 +39,7 @@ EXTENSIONS = {
 }  # fmt: skip
 FOLDER_CANDIDATES = (
     "model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-    "pytorch_model.bin", "model.onnx",
+    "pytorch_model.bin", "model.onnx", "adapter_model.safetensors", "adapter_model.bin",
 )  # fmt: skip
 
 
@@ -59,6 +59,7 @@ class Checkpoint:
     meta: CheckpointMeta = field(default_factory=CheckpointMeta)
     optimizer: OptimizerState | None = None
     stats: dict[str, TensorStats] = field(default_factory=dict)
+    _by_name: dict[str, TensorInfo] | None = field(default=None, repr=False)
 
     @property
     def format(self) -> str:
@@ -73,6 +74,16 @@ class Checkpoint:
 
     def infos(self) -> list[TensorInfo]:
         return self.table.infos()
+
+    @property
+    def table_names(self) -> dict[str, TensorInfo]:
+        """Name -> TensorInfo, built once."""
+        if self._by_name is None:
+            self._by_name = {i.name: i for i in self.table.infos()}
+        return self._by_name
+
+    def info(self, name: str) -> TensorInfo:
+        return self.table_names[name]
 
 
 def sniff(path: Path) -> str:

@@ -331,3 +331,18 @@ def test_points_that_are_not_numbers_are_not_points(tmp_path: Path) -> None:
     (run,) = read_wandb(path)
     assert run.series["loss"].steps.tolist() == [2] and run.series["loss"].values.tolist() == [1e5]
     assert run.series["ok"].steps.tolist() == [0, 1, 2]
+
+
+def test_a_record_after_exactly_a_header_of_room_starts_empty(tmp_path: Path) -> None:
+    """Seven bytes left in a block: LevelDB writes an empty FIRST there, the rest after."""
+    filler_length = ww.BLOCK - 3 * ww.FRAME  # file header, filler frame, 7 bytes left
+    body = bytes(filler_length - 5)  # an unknown field 30: key f2 01, a 3-byte length
+    n = len(body)
+    filler = b"\xf2\x01" + bytes([n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14]) + body
+    assert len(filler) == filler_length
+    blob = ww.frame([filler, ww.history({"loss": "0.5"}, step=3)])
+    assert blob[ww.BLOCK - ww.FRAME + 6] == 2  # an empty FIRST fills the block
+    path = tmp_path / "run-x.wandb"
+    path.write_bytes(blob)
+    (run,) = read_wandb(path)
+    assert run.series["loss"].steps.tolist() == [3] and run.series["loss"].values.tolist() == [0.5]

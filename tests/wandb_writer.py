@@ -25,17 +25,18 @@ def frame(payloads: Iterable[bytes], header: bytes = HEADER) -> bytes:
     """A whole run file holding `payloads` in order."""
     out = bytearray(header)
     for payload in payloads:
-        pos = 0
+        pos, first = 0, True
         while True:
             left = BLOCK - len(out) % BLOCK
             if left < FRAME:
                 out += b"\x00" * left
                 continue
+            # With exactly 7 bytes left, a payload starts with an empty FIRST, as in LevelDB.
             chunk = payload[pos : pos + left - FRAME]
-            first, last = pos == 0, pos + len(chunk) == len(payload)
+            last = pos + len(chunk) == len(payload)
             kind = (1 if last else 2) if first else (4 if last else 3)  # FULL FIRST LAST MIDDLE
             out += frame_record(kind, chunk)
-            pos += len(chunk)
+            pos, first = pos + len(chunk), False
             if last:
                 break
     return bytes(out)

@@ -175,3 +175,14 @@ def jsonl_nul_byte(inp: Path, outside: Path, marker: Path) -> Case:
 def jsonl_invalid_utf8(inp: Path, outside: Path, marker: Path) -> Case:
     (inp / "train.jsonl").write_bytes(b'{"text": "a"}\n{"text": "\xff\xfe"}\n')
     return Case(["--split", "train=train.jsonl"], "train.jsonl", ("line 2: not UTF-8",))
+
+
+@case
+def datasets_state_symlink_outside(inp: Path, outside: Path, marker: Path) -> Case:
+    """state.json is a symlink to a file outside the input: refused before it is opened."""
+    _saved(inp / "train")
+    real = _secret(outside, "state.json")
+    real.write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (inp / "train" / "state.json").unlink()
+    (inp / "train" / "state.json").symlink_to(real)
+    return Case(["--split", "train=train"], "state.json", ("symlink",))

@@ -50,7 +50,9 @@ _SHARD_EXTS = (".parquet", ".jsonl", ".ndjson")
 def is_datasets_folder(path: Path) -> bool:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         return True
-    return bool(_shards(path)) or bool(_shards(path / "data"))
+    return bool(_shards(path)) or (
+        not (path / "data").is_symlink() and bool(_shards(path / "data"))
+    )
 
 
 def open_datasets_folder(
@@ -71,7 +73,7 @@ def open_datasets_folder(
         files = _state_files(path)
         return _open_tables(name, path, _ArrowStreams(files), label_column, group_column)
     files = _shards(path)
-    if not files:
+    if not files and not (path / "data").is_symlink():
         files = _hub_split(name, path / "data")
     if files[0].suffix == ".parquet":
         return _open_tables(name, path, _ParquetShards(files), label_column, group_column)
@@ -79,6 +81,8 @@ def open_datasets_folder(
 
 
 def _read_json(path: Path) -> Any:
+    if not inside(os.path.realpath(path), os.path.realpath(path.parent)):
+        raise InputError(path, "a symlink out of the folder: not followed")
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_META_BYTES + 1)

@@ -94,3 +94,15 @@ def exit_record(code: int = 0) -> bytes:
     record = pb.Record()
     record.exit.exit_code = code
     return record.SerializeToString()
+
+
+def payloads(blob: bytes) -> list[bytes]:
+    """The payloads of a run file, split records joined (no checks: for seeds and tests)."""
+    out, parts = [], []
+    for offset in record_offsets(blob):
+        length, kind = struct.unpack_from("<HB", blob, offset + 4)
+        parts.append(blob[offset + FRAME : offset + FRAME + length])
+        if kind in (1, 4):
+            out.append(b"".join(parts))
+            parts = []
+    return out

@@ -94,6 +94,35 @@ def mlflow() -> Seeds:
     return {"store": b"\x00" + SEPARATOR.join(parts)}
 
 
+WANDB_RUN = r"""
+import sys
+import wandb
+
+run = wandb.init(mode="offline", dir=sys.argv[1], project="seed", name="seed", config={"lr": 0.1})
+for step in range(6):
+    wandb.log({"train/loss": 2.0 / (step + 1), "eval/loss": 2.5 / (step + 1), "epoch": step // 3})
+wandb.log({"train/loss": float("nan"), "nested": {"a": 1}, "note": "text"})
+run.finish()
+"""
+
+
+def wandb() -> Seeds:
+    import os
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import wandb_writer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+        for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+            env[var] = tmp
+        subprocess.run([sys.executable, "-c", WANDB_RUN, tmp], check=True, env=env)
+        raw = next(Path(tmp).glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    # fuzz_wandb.SEPARATOR between payloads
+    return {"raw": b"\x01" + raw, "framed": b"\x00" + b"\xfe\xfe".join(wandb_writer.payloads(raw))}
+
+
 def safetensors() -> Seeds:
     from safetensors.torch import save
 
@@ -244,7 +273,7 @@ BUILDERS: dict[str, Callable[[], Seeds]] = {
     f.__name__: f
     for f in (
         tensorboard, csv_log, jsonl_log, trainer_state, mlflow, safetensors, torch_zip,
-        legacy_torch, pickle, onnx, npz_split, csv_split, image_split, batch,
+        legacy_torch, pickle, onnx, npz_split, csv_split, image_split, batch, wandb,
     )
 }  # fmt: skip
 

@@ -245,6 +245,7 @@ def _context(result: Result, run: Run | None) -> dict[str, Any]:
         "curves": _curve_figures(result, run, evidence),
         "kernels": _kernel_figure(run, evidence),
         "layers": _layer_table(result.findings, run, evidence),
+        "trajectories": _trajectories(run, result.findings),
     }
     slots = _group_slots(result.findings)
     return {
@@ -255,11 +256,47 @@ def _context(result: Result, run: Run | None) -> dict[str, Any]:
         "inputs": [_input_view(i) for i in result.metadata.get("inputs", [])],
         "counts": counts,
         "status": _status(counts, len(result.errors), result.metadata.get("baseline")),
-        "groups": _severity_groups(result.findings, anchors, evidence, slots),
+        "groups": _severity_groups(result.findings, anchors, evidence, slots, run),
         "group_filters": _group_filters(result.findings, slots),
         "skipped": result.skipped,
+        "run_folder": _run_folder(result.metadata.get("run")),
         "errors": result.errors,
         **pictures,
+    }
+
+
+def _trajectories(run: Run | None, findings: Iterable[Finding]) -> list[Any]:
+    if run is None or getattr(run, "trajectories", None) is None:
+        return []
+    from diag.reports.trajectories import trajectory_figures
+
+    return trajectory_figures(run, findings)
+
+
+def _run_folder(run: Any) -> dict[str, Any] | None:
+    """What a run folder held, every value as text for the template."""
+    if not isinstance(run, Mapping):
+        return None
+    checkpoints = [
+        {k: _text(c.get(k)) for k in ("label", "step", "path")}
+        for c in run.get("checkpoints", [])
+        if isinstance(c, Mapping)
+    ]
+    files = [
+        {k: _text(f.get(k)) for k in ("path", "role", "note")}
+        for f in run.get("files", [])
+        if isinstance(f, Mapping)
+    ]
+    reference = _text(run.get("reference"))
+    if reference and not run.get("reference_is_init"):
+        reference += " (the earliest checkpoint: no --init was given)"
+    return {
+        "path": _text(run.get("path")),
+        "layout": _text(run.get("layout")),
+        "reference": reference,
+        "logs": [_text(p) for p in run.get("logs", [])],
+        "checkpoints": checkpoints,
+        "files": files,
     }
 
 
@@ -354,6 +391,37 @@ def format_value(value: Any) -> str:
         items = [format_value(v) for v in list(value)[:MAX_LISTED_ITEMS]]
         return _joined(items, len(value))
     return _text(value)
+
+
+def _evidence_value(f: Finding, key: str, value: Any, run: Run | None) -> str:
+    if key == "pairs" and isinstance(value, list | tuple):
+        return pairs_text(value, f.location.details.get("splits"), run)
+    return format_value(value)
+
+
+def pairs_text(pairs: list | tuple, names: Any, run: Run | None) -> str:
+    """Pairs of samples as a person writes them, one per line: `train #10 = test #3` for
+    copies, `train #10 ~ val #1 (0.013)` for near copies with their distance."""
+    if not isinstance(names, list | tuple) or not names:
+        return format_value(pairs)
+    a, b = str(names[0]), str(names[-1])
+    splits = getattr(run, "splits", None) or {}
+
+    def sample(name: str, index: Any) -> str:
+        split = splits.get(name)
+        ok = isinstance(index, numbers.Integral) and split is not None and 0 <= index < len(split)
+        return split.sample_id(int(index)) if ok else f"#{format_value(index)}"
+
+    lines = []
+    for pair in list(pairs)[:MAX_LISTED_ITEMS]:
+        if not isinstance(pair, list | tuple) or len(pair) < 2:
+            return format_value(pairs)
+        near = len(pair) > 2
+        text = f"{a} {sample(a, pair[0])} {'~' if near else '='} {b} {sample(b, pair[1])}"
+        lines.append(f"{text} ({format_value(pair[2])})" if near else text)
+    if len(pairs) > len(lines):
+        lines.append(f"… ({len(pairs) - len(lines)} more)")
+    return "\n".join(lines)
 
 
 def _joined(items: list[str], total: int) -> str:
@@ -459,6 +527,7 @@ def _severity_groups(
     anchors: dict[int, str],
     evidence: Evidence,
     slots: dict[str, int],
+    run: Run | None = None,
 ) -> list[SeverityGroup]:
     docs = _rule_docs()
     groups = []
@@ -475,7 +544,7 @@ def _severity_groups(
                 fs[0].group,
                 slots[fs[0].group],
                 docs.get(rule),
-                tuple(_finding_view(f, anchors, evidence) for f in fs),
+                tuple(_finding_view(f, anchors, evidence, run) for f in fs),
             )
             for rule, fs in by_rule.items()
         )
@@ -484,8 +553,10 @@ def _severity_groups(
     return groups
 
 
-def _finding_view(f: Finding, anchors: dict[int, str], evidence: Evidence) -> FindingView:
-    rows = [(str(k), format_value(v)) for k, v in f.evidence.items()]
+def _finding_view(
+    f: Finding, anchors: dict[int, str], evidence: Evidence, run: Run | None = None
+) -> FindingView:
+    rows = [(str(k), _evidence_value(f, k, v, run)) for k, v in f.evidence.items()]
     rows += [(f"location.{k}", format_value(v)) for k, v in f.location.details.items()]
     return FindingView(
         anchor=anchors[id(f)],

@@ -274,3 +274,14 @@ def test_image_path_outside_the_folder_is_not_followed(tmp_path):
     split = open_split("train", folder)
     with pytest.raises(InputError, match="points outside the folder: not followed"):
         list(split.samples.chunks(2))
+
+
+def test_an_image_caption_is_not_a_label(tmp_path):
+    shard = tmp_path / "c.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        sink.write(
+            {"__key__": "a", "png": png(np.zeros((8, 8), np.uint8)), "txt": "a cat on a mat"}
+        )
+        sink.write({"__key__": "b", "png": png(np.ones((8, 8), np.uint8)), "txt": "a dog"})
+    split = open_split("train", shard)
+    assert split.kind == IMAGE and split.labels is None and len(split) == 2

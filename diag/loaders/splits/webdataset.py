@@ -253,8 +253,11 @@ def _label(
     for ext in exts:
         data = members.get(ext, (0, 0, None))[2]
         if data is not None:
-            label = _text(shard, f"{key}.{ext}", data).strip()
-            break
+            text = _text(shard, f"{key}.{ext}", data).strip()
+            # An image's .txt is a label only when it is a class number; else a caption.
+            if ext != "txt" or re.fullmatch(r"[+-]?\d{1,18}", text):
+                label = text
+                break
     meta = members.get("json", (0, 0, None))[2]
     if meta is not None:
         try:

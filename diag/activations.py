@@ -27,6 +27,13 @@ TANH_LIMIT = 0.99  # |tanh| above this: the gradient (1 - tanh²) is under 2% of
 SIGMOID_LIMIT = 0.01  # sigmoid below this or above 1 - this: gradient under 4% of its peak
 
 LAYER_OPS = {"linear": "linear", "conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d"}
+# `torch.addmm(bias, x, W)` is a linear layer with the weight stored (in, out): Hugging
+# Face's GPT-2 `Conv1D`. Counted only when W is a model parameter.
+MATMUL_OPS = {"addmm": "linear"}
+# Smooth gates computed with a tanh or sigmoid inside (GELU's tanh approximation, SiLU,
+# QuickGELU's sigmoid): their output is x times the gate, so a gate in its tail is not a
+# vanishing gradient. Recognised by the class name of the module that runs them.
+GATE_MODULES = ("gelu", "silu", "swish", "mish")
 # Consumers whose gradient is exactly zero for negative inputs: a unit that is never
 # positive on them never learns again. Leaky ReLU, GELU, SiLU and ELU still pass a gradient
 # there, so they count as "other" (their name is kept in `consumer_fn`).
@@ -190,6 +197,10 @@ class _Recorder:
             self._note_consumers(sources, "other", fn)
             self._record_layer(fn, weight, out)
             return
+        if fn in MATMUL_OPS and isinstance(out, torch.Tensor) and self._owned(args, 2):
+            self._note_consumers(sources, "other", fn)
+            self._record_layer(MATMUL_OPS[fn], args[2], out)
+            return
         if fn in NORMS and isinstance(out, torch.Tensor) and sources and sources[0][2]:
             layer = sources[0][1]
             self._remeasure(layer, out)
@@ -201,13 +212,26 @@ class _Recorder:
             return
         kind = _kind(fn)
         self._note_consumers(sources, kind, fn)
-        if kind in ("tanh", "sigmoid") and isinstance(out, torch.Tensor):
+        if kind in ("tanh", "sigmoid") and isinstance(out, torch.Tensor) and not self._in_gate():
             self._record_site(kind, fn, out, sources)
         for tensor, _layer, _direct in sources:
             if tensor is out:  # changed in place (ReLU(inplace=True)): no longer the layer's
                 del self.outputs[id(tensor)]
 
     # -- layers
+
+    def _owned(self, args: tuple, index: int) -> bool:
+        import torch
+
+        weight = args[index] if len(args) > index else None
+        if not isinstance(weight, torch.Tensor):
+            return False
+        return (weight.data_ptr(), tuple(weight.shape)) in self.owners
+
+    def _in_gate(self) -> bool:
+        module = self.modules.get(self._where_in_model()) if self.stack else None
+        name = type(module).__name__.lower()
+        return module is not None and any(gate in name for gate in GATE_MODULES)
 
     def _sources(self, args: tuple, kwargs: dict) -> list[tuple[Any, _Layer, bool]]:
         """Layer outputs among a call's tensor arguments (one level into lists: torch.cat)."""

@@ -9,7 +9,10 @@ backward shows as a relative error near 1; float noise and ReLU/max-pool kinks s
 orders of magnitude below (see the margins in tests/test_gradients.py).
 
 `batch_mixing` backpropagates one sample's output to the whole input batch: in eval
-mode nothing else may receive a gradient, or the model mixes samples.
+mode nothing else may receive a gradient, or the model mixes samples. For a causal
+language model it also backpropagates the output at one position to the whole sequence:
+nothing after that position may receive a gradient, or the model sees the future. Token
+ids are differentiated at their embedding's output (`diag.embeddings`).
 
 Both are pure functions of the probe: they never modify the user's model, print, or
 leave the global RNG changed.
@@ -22,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from diag.probe import main_output
 
 if TYPE_CHECKING:
     import torch
@@ -90,11 +95,23 @@ class Leak:
 
 
 @dataclass(frozen=True)
+class FutureLeak:
+    """The output at `position` of sample `sample` has a gradient on a later position."""
+
+    sample: int
+    position: int
+    ratio: float  # the gradient's norm on later positions over its norm on positions <= it
+
+
+@dataclass(frozen=True)
 class BatchMixing:
-    """Whether outputs depend on other samples' inputs (eval mode).
+    """Whether outputs depend on other samples' inputs (eval mode), and on later positions.
 
     `checked` is False when the check cannot apply, and `reason` says why (a batch of one,
-    an output without batch dimension, no floating-point input).
+    an output without batch dimension, no input to differentiate). `via` says where the
+    inputs were differentiated: "inputs", or "embedding" for token ids. For a causal model
+    `positions_checked` says whether the sequence check applied (`position_reason` why
+    not), `future` lists outputs that depend on later tokens.
     """
 
     checked: bool
@@ -103,10 +120,20 @@ class BatchMixing:
     worst_ratio: float
     leaks: tuple[Leak, ...]
     threshold: float = LEAK_RTOL
+    via: str = "inputs"
+    positions_checked: bool = False
+    position_reason: str = ""
+    positions: tuple[int, ...] = ()
+    worst_future: float = 0.0
+    future: tuple[FutureLeak, ...] = ()
 
     @property
     def mixed(self) -> bool:
         return bool(self.leaks)
+
+    @property
+    def sees_future(self) -> bool:
+        return bool(self.future)
 
 
 # ---------------------------------------------------------------------------- plumbing
@@ -438,24 +465,6 @@ def _not_checked(reason: str) -> BatchMixing:
     return BatchMixing(checked=False, reason=reason, samples=(), worst_ratio=0.0, leaks=())
 
 
-def _main_output(output: Any) -> Any:
-    """The tensor to probe: the output itself, or `logits` / the first floating tensor."""
-    from collections.abc import Mapping
-
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        candidates = ([output["logits"]] if "logits" in output else []) + list(output.values())
-    elif isinstance(output, tuple | list):
-        candidates = list(output)
-    else:
-        return None
-    floating = (c for c in candidates if isinstance(c, torch.Tensor) and c.is_floating_point())
-    return next(floating, None)
-
-
 def _leaf_inputs(probe: Probe, batch: int) -> tuple[Any, list[Any]]:
     """The inputs in float64, those with a batch dimension made differentiable leaves."""
     import torch
@@ -473,20 +482,28 @@ def _leaf_inputs(probe: Probe, batch: int) -> tuple[Any, list[Any]]:
     return inputs, [t for t in values if t.requires_grad]
 
 
-def _input_gradient_norms(output: Any, k: int, leaves: list[Any], gen: Any) -> Any:
-    """Per-sample norm of the gradient of sample k's output on the whole input batch."""
+def _input_gradients(output: Any, index: Any, leaves: list[Any], gen: Any) -> list[Any]:
+    """Gradients of a random projection of output[index] on every leaf (zeros if unused)."""
     import torch
 
     # A random projection rather than a plain sum: an output that sums to a constant
     # (softmax probabilities) would otherwise have no gradient at all.
-    weights = torch.randn(output.shape[1:], generator=gen, dtype=output.dtype)
-    target = (output[k] * weights).sum()
-    grads = torch.autograd.grad(target, leaves, retain_graph=True, allow_unused=True)
-    batch = output.shape[0]
+    picked = output[index]
+    weights = torch.randn(picked.shape, generator=gen, dtype=output.dtype)
+    grads = torch.autograd.grad(
+        (picked * weights).sum(), leaves, retain_graph=True, allow_unused=True
+    )
+    return [
+        torch.zeros_like(x) if g is None else g.detach() for g, x in zip(grads, leaves, strict=True)
+    ]
+
+
+def _per_sample_norms(grads: list[Any], batch: int) -> Any:
+    import torch
+
     total = torch.zeros(batch, dtype=torch.float64)
     for g in grads:
-        if g is not None:
-            total += g.detach().reshape(batch, -1).pow(2).sum(1)
+        total += g.reshape(batch, -1).pow(2).sum(1)
     return total.sqrt()
 
 
@@ -499,38 +516,107 @@ def _leaks_from(k: int, norms: Any) -> list[Leak]:
     return found
 
 
-def batch_mixing(probe: Probe, *, samples: int = 2, seed: int = 0) -> BatchMixing:
-    """Do outputs depend on other samples' inputs? Checked in eval mode, in float64.
+def _sequence_leaves(output: Any, leaves: list[Any]) -> tuple[list[Any], str]:
+    """The leaves laid out (batch, positions, ...) like the output, or why there are none."""
+    if output.ndim < 3:
+        return [], f"the output has no positions (shape {tuple(output.shape)})"
+    length = output.shape[1]
+    chosen = [x for x in leaves if x.ndim >= 2 and x.shape[1] == length]
+    if not chosen:
+        return [], f"no input has the output's {length} positions"
+    return chosen, ""
 
-    For a few samples k, the gradient of (a random projection of) output[k] is taken
-    with respect to every input in the batch; any other sample's share above
-    `LEAK_RTOL` of sample k's own is a leak.
+
+def _future_leak(output: Any, k: int, t: int, leaves: list[Any], gen: Any) -> float:
+    """How much output[k, t] depends on positions after t, relative to those up to t."""
+    grads = _input_gradients(output, (k, t), leaves, gen)
+    past = sum(float(g[k, : t + 1].pow(2).sum()) for g in grads)
+    future = sum(float(g[k, t + 1 :].pow(2).sum()) for g in grads)
+    if future == 0:
+        return 0.0
+    return math.sqrt(future / past) if past > 0 else math.inf
+
+
+def _differentiable_output(probe: Probe, model: Any, batch: int) -> tuple[Any, list[Any], str]:
+    """The main output with grad, the leaves it was differentiated on, and where they are."""
+    import torch
+
+    from diag.embeddings import embedding_tap, token_tensors
+
+    inputs, leaves = _leaf_inputs(probe, batch)
+    with embedding_tap(model) as tap:
+        if not leaves:
+            tap.arm("leaf", token_tensors(inputs, batch))
+        with torch.enable_grad():
+            output = main_output(probe.forward(model, inputs))
+    if leaves:
+        return output, leaves, "inputs"
+    return output, [x for x in tap.leaves if x.ndim > 0 and x.shape[0] == batch], "embedding"
+
+
+def batch_mixing(probe: Probe, *, samples: int = 2, seed: int = 0) -> BatchMixing:
+    """Do outputs depend on other samples' inputs (or, causal models, on later tokens)?
+
+    Checked in eval mode, in float64. For a few samples k, the gradient of (a random
+    projection of) output[k] is taken with respect to every input in the batch; any other
+    sample's share above `LEAK_RTOL` of sample k's own is a leak. For a causal model the
+    gradient of output[k, t] (t = the first position and the middle one) on positions
+    after t must be zero the same way.
     """
     import torch
 
     batch = probe.batch_size
-    if batch < 2:
+    if batch < 2 and not probe.causal:
         return _not_checked("a batch of one sample cannot mix")
     with _private_rng():
         torch.manual_seed(seed)
         model = probe.copy_model(torch.float64)
-        inputs, leaves = _leaf_inputs(probe, batch)
+        output, leaves, via = _differentiable_output(probe, model, batch)
         if not leaves:
-            return _not_checked("no floating-point input with a batch dimension")
-        with torch.enable_grad():
-            output = _main_output(probe.forward(model, inputs))
+            return _not_checked(
+                "no floating-point input with a batch dimension, and no embedding reads "
+                "the integer inputs"
+            )
         if output is None or output.ndim == 0 or output.shape[0] != batch:
             shape = None if output is None else tuple(output.shape)
             return _not_checked(f"the output has no batch dimension (shape {shape})")
         if not output.requires_grad:
-            return _not_checked("the output does not depend on the floating-point inputs")
+            return _not_checked(f"the output does not depend on the {via} it was given")
         gen = torch.Generator().manual_seed(seed)
         chosen = sorted(torch.randperm(batch, generator=gen)[:samples].tolist())
         seen = [
             leak
             for k in chosen
-            for leak in _leaks_from(k, _input_gradient_norms(output, k, leaves, gen))
+            for leak in _leaks_from(
+                k, _per_sample_norms(_input_gradients(output, k, leaves, gen), batch)
+            )
         ]
+        sequence = _sequence_check(probe, output, leaves, chosen, gen)
     worst = max((leak.ratio for leak in seen), default=0.0)
     leaks = tuple(leak for leak in seen if leak.ratio > LEAK_RTOL)
-    return BatchMixing(True, "", tuple(chosen), worst, leaks)
+    return BatchMixing(True, "", tuple(chosen), worst, leaks, via=via, **sequence)
+
+
+def _sequence_check(
+    probe: Probe, output: Any, leaves: list[Any], chosen: list[int], gen: Any
+) -> dict[str, Any]:
+    """The causal half of `batch_mixing`: BatchMixing's position fields."""
+    if not probe.causal:
+        return {}
+    sequence, reason = _sequence_leaves(output, leaves)
+    if not sequence:
+        return {"position_reason": reason}
+    length = output.shape[1]
+    positions = tuple(sorted({0, (length - 1) // 2})) if length > 1 else ()
+    ratios = [
+        FutureLeak(k, t, _future_leak(output, k, t, sequence, gen))
+        for k in chosen
+        for t in positions
+    ]
+    return {
+        "positions_checked": bool(positions),
+        "position_reason": "" if positions else "a sequence of one position",
+        "positions": positions,
+        "worst_future": max((r.ratio for r in ratios), default=0.0),
+        "future": tuple(r for r in ratios if r.ratio > LEAK_RTOL),
+    }

@@ -27,6 +27,8 @@ class Probe:
     rules that need no loss run). `loss_name` says which loss was chosen and why
     ("cross_entropy (integer targets)"). `source` is the `--model` spec, `batch_path` the
     `--batch` file, `initial` the state dict of `--init` when given (for `init-loss`).
+    `causal` says the model is a causal language model: the output at a position may only
+    depend on the tokens up to it (what `batch-mixing` checks across positions).
     """
 
     model: torch.nn.Module
@@ -38,6 +40,8 @@ class Probe:
     batch_path: str
     initial: Mapping[str, torch.Tensor] | None = None
     notes: list[str] = field(default_factory=list)
+    causal: bool = False
+    model_format: str = "python factory"
 
     @property
     def batch_size(self) -> int:
@@ -51,6 +55,13 @@ class Probe:
         model = self.model if model is None else model
         inputs = self.inputs if inputs is None else inputs
         return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+
+    def logits(self, model: torch.nn.Module | None = None, inputs: Any = None) -> torch.Tensor:
+        """The main output tensor: the output, or its `logits` (ModelOutput, dict, tuple)."""
+        output = main_output(self.forward(model, inputs))
+        if output is None:
+            raise ValueError("the model's output holds no floating-point tensor")
+        return output
 
     def loss(self, model: torch.nn.Module | None = None, inputs: Any = None) -> torch.Tensor:
         if self.loss_fn is None or self.targets is None:
@@ -73,3 +84,24 @@ class Probe:
         if isinstance(self.inputs, dict):
             return {k: cast(v) for k, v in self.inputs.items()}
         return tuple(cast(t) for t in self.inputs)
+
+
+def main_output(output: Any) -> Any:
+    """The tensor a loss reads: the output itself, its `logits`, or its first floating tensor.
+
+    Hugging Face models return a `ModelOutput` (a dict that is also a tuple) whose `logits`
+    is the prediction; other models return dicts or tuples with extra tensors (hidden states,
+    an auxiliary loss) after it.
+    """
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        candidates = ([output["logits"]] if "logits" in output else []) + list(output.values())
+    elif isinstance(output, tuple | list):
+        candidates = list(output)
+    else:
+        return None
+    floating = (c for c in candidates if isinstance(c, torch.Tensor) and c.is_floating_point())
+    return next(floating, None)

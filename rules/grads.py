@@ -32,7 +32,8 @@ def init_loss(probe_init: Probe, *, tolerance: float = 0.5) -> Iterator[Finding]
     Loads the `--init` weights into a copy of the model and computes the loss on the
     batch. For cross-entropy over C classes an untrained network should predict about
     uniformly, giving a loss near ln(C); the rule fires when the initial loss is more
-    than `tolerance` x ln(C) away from it.
+    than `tolerance` x ln(C) away from it. For a language model C is the vocabulary and
+    the loss is the next-token cross-entropy over the batch's tokens.
 
     ## Why is this bad?
     An initial loss far above ln(C) means the network starts confidently wrong: logits
@@ -48,8 +49,13 @@ def init_loss(probe_init: Probe, *, tolerance: float = 0.5) -> Iterator[Finding]
     """
     import torch
 
-    if probe_init.targets is None or probe_init.targets.is_floating_point():
+    from diag.probe import main_output
+
+    targets = probe_init.targets
+    if targets is None or targets.is_floating_point() or probe_init.loss_fn is None:
         return  # only classification has a known starting loss
+    if "cross_entropy" not in probe_init.loss_name:
+        return
     model = probe_init.copy_model()
     try:
         model.load_state_dict(dict(probe_init.initial or {}), strict=True)
@@ -57,10 +63,11 @@ def init_loss(probe_init: Probe, *, tolerance: float = 0.5) -> Iterator[Finding]
         return  # the probe loader already checked; a mismatch here is not this rule's
     torch.manual_seed(0)
     with torch.no_grad():
-        logits = probe_init.forward(model)
-        loss = float(torch.nn.functional.cross_entropy(logits.float(), probe_init.targets))
-    classes = int(logits.shape[-1])
-    if classes < 2 or "cross_entropy" not in probe_init.loss_name:
+        output = probe_init.forward(model)
+        # the probe's own cross-entropy: it reads `logits` and flattens per-token layouts
+        loss = float(probe_init.loss_fn(output, targets))
+    classes = int(main_output(output).shape[-1])
+    if classes < 2:
         return
     expected = math.log(classes)
     if math.isfinite(loss) and abs(loss - expected) <= tolerance * expected:
@@ -86,6 +93,8 @@ def input_independence(probe: Probe, *, rtol: float = 1e-4) -> Iterator[Finding]
     Runs the model on the batch, on the batch with every input zeroed, and with the
     samples of the batch shuffled. It fires when the outputs are (relative to their own
     size) the same in all three: the model's prediction does not depend on its input.
+    Token ids are zeroed where they first become numbers: the output of the embedding
+    that reads them (id 0 is a real token); masks are kept.
 
     ## Why is this bad?
     A network that ignores its input can still lower its loss by learning the label
@@ -98,27 +107,12 @@ def input_independence(probe: Probe, *, rtol: float = 1e-4) -> Iterator[Finding]
     two different samples, look for a constant tensor used in place of the input, and
     check the first layers for dead units (`dead-units`).
     """
-    import torch
-
-    model = probe.copy_model(torch.float64)
-    inputs = probe.cast_inputs(torch.float64)
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(probe.batch_size, generator=gen)
-
-    def mapped(fn: Any) -> Any:
-        if isinstance(inputs, dict):
-            return {k: fn(v) for k, v in inputs.items()}
-        return tuple(fn(v) for v in inputs)
-
-    with torch.no_grad():
-        out = probe.forward(model, inputs)
-        zeroed = probe.forward(model, mapped(torch.zeros_like))
-        shuffled = probe.forward(model, mapped(lambda v: v[perm]))[torch.argsort(perm)]
+    out, zeroed, shuffled = _perturbed_outputs(probe)
     scale = float(out.abs().max()) or 1.0
     spread = float((out - out.mean(0, keepdim=True)).abs().max()) / scale
     to_zero = float((out - zeroed).abs().max()) / scale
     to_shuffled = float((out - shuffled).abs().max()) / scale
-    if max(spread, to_zero) > rtol:
+    if not all(map(math.isfinite, (spread, to_zero))) or max(spread, to_zero) > rtol:
         return
     yield Finding(
         message=(
@@ -133,6 +127,43 @@ def input_independence(probe: Probe, *, rtol: float = 1e-4) -> Iterator[Finding]
             "change_when_shuffled": to_shuffled,
         },
     )
+
+
+def _perturbed_outputs(probe: Probe) -> tuple[Any, Any, Any]:
+    """The main output on the batch, on the zeroed batch, and on the shuffled batch."""
+    import torch
+
+    from diag.embeddings import embedding_tap, token_tensors
+
+    model = probe.copy_model(torch.float64)
+    inputs = probe.cast_inputs(torch.float64)
+    batch = probe.batch_size
+    perm = torch.randperm(batch, generator=torch.Generator().manual_seed(0))
+
+    def mapped(fn: Any, floats_only: bool = False) -> Any:
+        def one(v: torch.Tensor) -> torch.Tensor:
+            if v.ndim == 0 or v.shape[0] != batch or (floats_only and not v.is_floating_point()):
+                return v
+            return fn(v)
+
+        return (
+            {k: one(v) for k, v in inputs.items()}
+            if isinstance(inputs, dict)
+            else (tuple(one(v) for v in inputs))
+        )
+
+    with torch.no_grad(), embedding_tap(model) as tap:
+        out = probe.logits(model, inputs)
+        tap.arm("zero", token_tensors(inputs, batch))
+        zero_floats = mapped(torch.zeros_like, floats_only=True)
+        zeroed = probe.logits(model, zero_floats)
+        if not tap.hits and token_tensors(inputs, batch):
+            # integers no embedding reads (indices, one-hot positions): zeroed as they are
+            tap.arm("off", [])
+            zeroed = probe.logits(model, mapped(torch.zeros_like))
+        tap.arm("off", [])
+        shuffled = probe.logits(model, mapped(lambda v: v[perm]))[torch.argsort(perm)]
+    return out, zeroed, shuffled
 
 
 # ------------------------------------------------------------------ overfit-one-batch
@@ -388,12 +419,17 @@ def _optimizer_trained(checkpoint: Any) -> set[str]:
 
 @rule(name="batch-mixing", group="grads", severity=Severity.ERROR, needs=("probe",))
 def batch_mixing(probe: Probe) -> Iterator[Finding]:
-    """The output for one sample depends on the inputs of other samples.
+    """The output for one sample depends on the inputs of other samples (or on the future).
 
     ## What it does
     In eval mode, backpropagates (a random projection of) one sample's output to the
     whole input batch, for a couple of samples. Every gradient on another sample's input
-    must be zero: in eval mode nothing should carry information across the batch.
+    must be zero: in eval mode nothing should carry information across the batch. Token
+    ids are differentiated at the output of the embedding that reads them. For a causal
+    language model (next-token targets) the same check runs across positions: the output
+    at the first and the middle position must have no gradient on any later token. When
+    the check cannot apply (a batch of one, no input to differentiate) an info finding
+    says why.
 
     ## Why is this bad?
     A `view`/`reshape` or `permute` that moves the batch dimension, a normalisation over
@@ -404,21 +440,65 @@ def batch_mixing(probe: Probe) -> Iterator[Finding]:
     ## How to fix
     Check every reshape after the first layer keeps dimension 0 as the batch
     (`x.flatten(1)`, not `x.view(-1, ...)` across it), and that batch statistics are only
-    used in training mode.
+    used in training mode. For a language model seeing the future, check the attention
+    mask: `is_causal=True` or a lower-triangular mask applied before the softmax, and a
+    padding mask combined with it rather than replacing it.
     """
     from diag.gradients import batch_mixing as measure
 
     result = measure(probe)
-    if not result.checked or not result.mixed:
+    if not result.checked:
+        yield _not_applicable(probe, result.reason)
         return
+    if result.mixed:
+        yield _mixing_finding(probe, result)
+    if result.sees_future:
+        yield _future_finding(probe, result)
+    elif probe.causal and not result.positions_checked:
+        yield _not_applicable(probe, f"positions not checked: {result.position_reason}")
+
+
+def _not_applicable(probe: Probe, reason: str) -> Finding:
+    return Finding(
+        message=f"batch mixing was not checked: {reason}",
+        location=_where(probe, "batch dimension", batch=probe.batch_path),
+        evidence={"checked": False, "reason": reason},
+        severity=Severity.INFO,
+    )
+
+
+def _mixing_finding(probe: Probe, result: Any) -> Finding:
     pairs = [[leak.output_sample, leak.input_sample, leak.ratio] for leak in result.leaks[:20]]
     worst = max(result.leaks, key=lambda leak: leak.ratio)
-    yield Finding(
+    return Finding(
         message=(
             f"the output of sample {worst.output_sample} depends on the input of sample "
             f"{worst.input_sample} (gradient {worst.ratio:.2g} of its own); "
             f"{len(result.leaks)} such pair(s) in the batch"
         ),
         location=_where(probe, "batch dimension", batch=probe.batch_path),
-        evidence={"worst_ratio": result.worst_ratio, "pairs": pairs, "threshold": result.threshold},
+        evidence={
+            "worst_ratio": result.worst_ratio,
+            "pairs": pairs,
+            "threshold": result.threshold,
+            "via": result.via,
+        },
+    )
+
+
+def _future_finding(probe: Probe, result: Any) -> Finding:
+    worst = max(result.future, key=lambda leak: leak.ratio)
+    return Finding(
+        message=(
+            f"the output at position {worst.position} of sample {worst.sample} depends on "
+            f"later tokens (gradient {worst.ratio:.2g} of that on the tokens up to it): the "
+            "causal mask lets tokens see the future"
+        ),
+        location=_where(probe, "sequence positions", batch=probe.batch_path),
+        evidence={
+            "worst_ratio": result.worst_future,
+            "positions": [[f.sample, f.position, f.ratio] for f in result.future],
+            "threshold": result.threshold,
+            "via": result.via,
+        },
     )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from diag.errors import InputError, UsageError
 from diag.loaders.safe_pickle import Opaque, TensorRef
-from diag.probe import LossFn, Probe
+from diag.probe import LossFn, Probe, main_output
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,7 @@ TARGET_KEYS = ("targets", "target", "y", "labels")
 WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.")
 BUILTIN_LOSSES = ("cross_entropy", "mse", "bce")
 MAX_LISTED = 5
+IGNORE_INDEX = -100  # torch's and Hugging Face's "no loss at this position"
 
 
 def open_probe(
@@ -47,23 +48,25 @@ def open_probe(
     import torch
 
     notes: list[str] = []
-    model = build_model(model_spec)
-    if checkpoint is not None:
-        state = read_state(checkpoint, model, notes)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:  # what read_state's checks cannot see (custom loaders)
-            cause = _one_line(exc, lines=3)
-            raise InputError(checkpoint.path, f"does not fit {model_spec}: {cause}") from None
+    hf = model_spec.startswith("hf:")
+    if hf:
+        model, inputs, targets, causal = _open_hf(model_spec, batch_path, checkpoint, notes)
+        model_format = "hugging face config"
+    else:
+        model, causal, model_format = build_model(model_spec), None, "python factory"
+        if checkpoint is not None:
+            _load(model, checkpoint, model_spec, notes)
+        inputs, targets = read_batch(batch_path)
     initial = None
     if init is not None:
-        initial = {k: _as_float32(v) for k, v in read_state(init, model, notes).items()}
+        initial = {k: _as_float32(v) for k, v in _initial(model, init, hf, notes).items()}
     model = model.float().eval()
-    inputs, targets = read_batch(batch_path)
     inputs = _cast_inputs(inputs)
     if targets is not None and targets.is_floating_point():
         targets = targets.float()
-    loss_fn, loss_name = choose_loss(loss_spec, targets)
+    output = _first_output(model, inputs, model_spec, batch_path)
+    targets, language = language_targets(inputs, targets, main_output(output), causal)
+    loss_fn, loss_name = choose_loss(loss_spec, targets, language, output)
     probe = Probe(
         model=model,
         inputs=inputs,
@@ -74,9 +77,65 @@ def open_probe(
         batch_path=str(batch_path),
         initial=initial,
         notes=notes,
+        causal=bool(causal) or language is not None,
+        model_format=model_format,
     )
-    _check_runs(probe, torch)
+    _check_loss(probe, output, torch)
     return probe
+
+
+def _initial(
+    model: torch.nn.Module, init: Checkpoint, hf: bool, notes: list[str]
+) -> dict[str, torch.Tensor]:
+    """The `--init` weights; a Hugging Face model's may leave out its tied copies."""
+    if not hf:
+        return read_state(init, model, notes)
+    from diag.loaders.hf_model import read_hf_state
+
+    state = read_hf_state(model, init, notes)
+    full = model.state_dict()
+    for name in full.keys() - state.keys():  # a tied copy: the tensor it shares
+        shared = [k for k, v in full.items() if v.data_ptr() == full[name].data_ptr()]
+        source = next((k for k in shared if k in state), None)
+        if source is not None:
+            state[name] = state[source]
+    return state
+
+
+def _load(model: torch.nn.Module, checkpoint: Checkpoint, spec: str, notes: list[str]) -> None:
+    state = read_state(checkpoint, model, notes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # what read_state's checks cannot see (custom loaders)
+        cause = _one_line(exc, lines=3)
+        raise InputError(checkpoint.path, f"does not fit {spec}: {cause}") from None
+
+
+def _open_hf(
+    spec: str, batch_path: str, checkpoint: Checkpoint | None, notes: list[str]
+) -> tuple[torch.nn.Module, Any, torch.Tensor | None, bool]:
+    """`hf:DIR`: the model from its config, its weights, and the batch (text or tensors)."""
+    from diag.loaders import hf_model, text_batch
+    from diag.loaders.checkpoint import open_checkpoint
+
+    hf = hf_model.open_hf_model(spec)
+    if checkpoint is None:
+        checkpoint = open_checkpoint(hf_model.weights_file(hf.folder))
+    hf_model.load_weights(hf, checkpoint, notes)
+    notes.append(f"{spec}: {hf.architecture} from config.json, weights from {checkpoint.path}")
+    if text_batch.is_text_batch(batch_path):
+        tokenizer = hf_model.require_tokenizer(
+            hf_model.load_tokenizer(hf.folder), hf.folder, batch_path
+        )
+        limit = hf_model.max_positions(hf.model)
+        inputs, targets = text_batch.read_text_batch(batch_path, tokenizer, limit, notes)
+        if not hf.causal and targets is not None and targets.ndim > 1:
+            # token labels mean nothing to a classifier: only the loss-free rules run
+            notes.append(f"{batch_path}: no 'label' per record, so {hf.architecture} has no loss")
+            targets = None
+        return hf.model, inputs, targets, hf.causal
+    inputs, targets = read_batch(batch_path)
+    return hf.model, inputs, targets, hf.causal
 
 
 # ------------------------------------------------------------------ the model
@@ -173,14 +232,33 @@ def build_model(spec: str) -> torch.nn.Module:
 
 
 def read_state(
-    checkpoint: Checkpoint, model: torch.nn.Module, notes: list[str]
+    checkpoint: Checkpoint,
+    model: torch.nn.Module,
+    notes: list[str],
+    *,
+    optional: set[str] | frozenset[str] = frozenset(),
+    ignore: tuple[str, ...] = (),
+    base_prefix: str = "",
 ) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under the model's names, checked against it before reading."""
+    """The checkpoint's tensors under the model's names, checked against it before reading.
+
+    `optional` model names may be absent (a tied copy saved once), checkpoint names the
+    model does not have are skipped when they match an `ignore` pattern (buffers older
+    versions saved), and a checkpoint of the base model (Hugging Face saves `h.0...` for
+    `transformer.h.0...`) gets `base_prefix` put in front.
+    """
+    import re
+
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     infos = {i.name: i for i in checkpoint.infos()}
     mapping, ignored = match_names(list(infos), set(expected))
+    if base_prefix and not set(mapping.values()) & set(expected):
+        mapping = {n: f"{base_prefix}.{k}" for n, k in mapping.items()}
+    for name, key in list(mapping.items()):
+        if key not in expected and any(re.search(p, key) for p in ignore):
+            ignored.append(mapping.pop(name))
     held = set(mapping.values())
-    missing = [k for k in expected if k not in held]
+    missing = [k for k in expected if k not in held and k not in optional]
     unexpected = [name for name, key in mapping.items() if key not in expected]
     wrong = [
         f"{key} {list(infos[name].shape)} in the file, {list(expected[key])} in the model"
@@ -341,8 +419,18 @@ def _cast_inputs(inputs: Any) -> Any:
 # ------------------------------------------------------------------ the loss
 
 
-def choose_loss(spec: str | None, targets: torch.Tensor | None) -> tuple[LossFn | None, str]:
-    """The loss and why it was chosen: `--loss`, else from the targets' dtype."""
+def choose_loss(
+    spec: str | None,
+    targets: torch.Tensor | None,
+    language: str | None = None,
+    output: Any = None,
+) -> tuple[LossFn | None, str]:
+    """The loss and why it was chosen: `--loss`, else from the targets' dtype.
+
+    `language` says how next-token targets were made from the inputs ("next token"), and
+    `output` is the model's output on the batch: a ModelOutput or per-token logits need
+    the cross-entropy that reads `logits` and flattens the positions.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -350,16 +438,21 @@ def choose_loss(spec: str | None, targets: torch.Tensor | None) -> tuple[LossFn 
         if spec is not None:
             raise UsageError(f"--loss {spec}: the batch has no targets to compute a loss on")
         return None, "none (the batch has no targets)"
+    plain = isinstance(output, torch.Tensor) or output is None
     if spec is None:
+        if language is not None:
+            return token_cross_entropy, f"cross_entropy ({language})"
         if targets.is_floating_point():
             return _mse, "mse (floating-point targets)"
         if targets.dtype.is_complex:
             raise UsageError("complex targets: pass --loss MODULE:FUNC")
         if targets.dtype == torch.bool:
             return _bce, "bce (boolean targets)"
-        return F.cross_entropy, "cross_entropy (integer targets)"
+        if plain and not _per_token(output, targets):
+            return F.cross_entropy, "cross_entropy (integer targets)"
+        return token_cross_entropy, "cross_entropy (integer targets)"
     if spec == "cross_entropy":
-        return F.cross_entropy, "cross_entropy (--loss)"
+        return (F.cross_entropy if plain else token_cross_entropy), "cross_entropy (--loss)"
     if spec == "mse":
         return _mse, "mse (--loss)"
     if spec == "bce":
@@ -369,9 +462,82 @@ def choose_loss(spec: str | None, targets: torch.Tensor | None) -> tuple[LossFn 
     return _user_loss(spec), f"{spec} (--loss)"
 
 
-def _mse(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _per_token(output: Any, targets: torch.Tensor) -> bool:
+    """(batch, tokens, classes) logits for (batch, tokens) targets: torch wants classes 2nd."""
+    logits = main_output(output)
+    return (
+        logits is not None
+        and logits.ndim == targets.ndim + 1
+        and logits.ndim >= 3
+        and tuple(logits.shape[:-1]) == tuple(targets.shape)
+    )
+
+
+def token_cross_entropy(output: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the output's logits, per token when they are laid out per token.
+
+    Targets of -100 (padding, prompt tokens, the last position) are left out, as in
+    torch and Hugging Face.
+    """
     import torch.nn.functional as F
 
+    logits = main_output(output)
+    if logits is None:
+        raise ValueError("the model's output holds no floating-point logits")
+    if _per_token(logits, targets):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(logits, targets)
+
+
+def language_targets(
+    inputs: Any, targets: torch.Tensor | None, logits: Any, causal: bool | None
+) -> tuple[torch.Tensor | None, str | None]:
+    """Next-token targets for a causal language model, and how they were made.
+
+    A (batch, tokens) id batch whose output is (batch, tokens, vocab) logits is a language
+    model's. Without targets (and unless the model is known not to be causal) the targets
+    are the ids shifted by one; labels equal to the ids (Hugging Face's convention, -100
+    where no loss is taken) are shifted the same way. Other targets are left as given.
+    """
+    ids = _token_ids(inputs)
+    if causal is False or ids is None or logits is None or logits.ndim != 3:
+        return targets, None
+    if tuple(logits.shape[:2]) != tuple(ids.shape) or int(ids.max()) >= logits.shape[-1]:
+        return targets, None
+    if targets is None:
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
+        return _shifted(labels), "next token"
+    if targets.shape == ids.shape and not targets.is_floating_point():
+        scored = targets != IGNORE_INDEX
+        if bool(scored.any()) and bool((targets[scored] == ids[scored]).all()):
+            return _shifted(targets), "next token, labels shifted"
+    return targets, None
+
+
+def _token_ids(inputs: Any) -> torch.Tensor | None:
+    if isinstance(inputs, dict):
+        ids = inputs.get("input_ids")
+    else:
+        ids = inputs[0] if len(inputs) == 1 else None
+    if ids is None or ids.is_floating_point() or ids.ndim != 2 or ids.dtype.is_complex:
+        return None
+    return ids if ids.numel() and int(ids.min()) >= 0 else None
+
+
+def _shifted(labels: torch.Tensor) -> torch.Tensor:
+    """Position t predicts token t + 1; the last position predicts nothing."""
+    import torch
+
+    out = torch.full_like(labels, IGNORE_INDEX)
+    out[:, :-1] = labels[:, 1:]
+    return out
+
+
+def _mse(output: Any, targets: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    output = main_output(output)
     # mse_loss broadcasts (32, 1) against (32,) into a (32, 32) loss with only a warning.
     if output.shape != targets.shape:
         raise ValueError(
@@ -380,9 +546,10 @@ def _mse(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(output, targets.to(output.dtype))
 
 
-def _bce(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _bce(output: Any, targets: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
+    output = main_output(output)
     # Integer or boolean 0/1 labels are common; the loss needs them in the output's dtype.
     return F.binary_cross_entropy_with_logits(output, targets.to(output.dtype))
 
@@ -404,25 +571,30 @@ def _user_loss(spec: str) -> LossFn:
 # ------------------------------------------------------------------ the check
 
 
-def _check_runs(probe: Probe, torch: Any) -> None:
-    """One forward pass (and the loss): a batch that does not fit fails here, in one line."""
+def _first_output(model: torch.nn.Module, inputs: Any, spec: str, batch_path: str) -> Any:
+    """One forward pass: a batch that does not fit fails here, in one line."""
+    import torch
+
     torch.manual_seed(0)
-    with torch.no_grad():
-        try:
-            output = probe.forward()
-        except Exception as exc:
-            raise InputError(
-                probe.batch_path, f"the model ({probe.source}) fails on it: {_describe(exc)}"
-            ) from None
-        if probe.loss_fn is None or probe.targets is None:
-            return
-        try:
+    try:
+        with torch.no_grad():
+            return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+    except Exception as exc:
+        raise InputError(batch_path, f"the model ({spec}) fails on it: {_describe(exc)}") from None
+
+
+def _check_loss(probe: Probe, output: Any, torch: Any) -> None:
+    """The loss on that output: a scalar and finite, or one line saying why not."""
+    if probe.loss_fn is None or probe.targets is None:
+        return
+    try:
+        with torch.no_grad():
             loss = probe.loss_fn(output, probe.targets)
-        except Exception as exc:
-            raise InputError(
-                probe.batch_path,
-                f"the loss {probe.loss_name} fails on the model's output: {_describe(exc)}",
-            ) from None
+    except Exception as exc:
+        raise InputError(
+            probe.batch_path,
+            f"the loss {probe.loss_name} fails on the model's output: {_describe(exc)}",
+        ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         what = (
             f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__

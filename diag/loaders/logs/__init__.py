@@ -91,9 +91,9 @@ def _read_folder(root: Path) -> list[LogRun]:
         if seen > MAX_ENTRIES:
             raise InputError(root, f"more than {MAX_ENTRIES} entries: point --logs at one run")
         found = sorted(f for f in files if f.endswith(wandb.SUFFIX))
-        if found:
+        wandb_files.extend(folder / f for f in found)
+        if found and wandb.is_run_folder(folder):
             # A W&B run folder: its logs/ and files/ hold wandb's own logs, not metrics.
-            wandb_files.extend(folder / f for f in found)
             dirs[:] = []
             continue
         keep = []

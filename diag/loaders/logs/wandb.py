@@ -109,6 +109,11 @@ def is_wandb_file(path: Path) -> bool:
         return False
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A folder wandb made for one run: `run-<time>-<id>` or `offline-run-<time>-<id>`."""
+    return _RUN_FOLDER.match(Path(folder).name) is not None
+
+
 def find_wandb_files(root: Path) -> list[Path]:
     """The `.wandb` run files under `root` (a project, a `wandb/` folder or a run folder).
 
@@ -136,7 +141,7 @@ def find_wandb_files(root: Path) -> list[Path]:
         found.extend(here)
         if len(found) > MAX_FILES:
             raise InputError(root, f"more than {MAX_FILES} W&B run files; point at one run")
-        if here and _RUN_FOLDER.match(folder.name):
+        if here and is_run_folder(folder):
             continue  # a run folder's files/, logs/ and tmp/ hold no other run
         if depth < MAX_DEPTH:
             pending.extend(

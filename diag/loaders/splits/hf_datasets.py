@@ -194,12 +194,13 @@ class _ArrowStreams:
 
         self.files = files
         self.pieces: list[tuple[int, Any]] = []
-        self.schema = None
+        self.schema, self.names = None, []
         for k, file in enumerate(files):
             with _arrow_errors(file):
                 reader = pa.ipc.open_stream(pa.memory_map(str(file)))
+                names = list(reader.schema.names)  # decoded here: bad UTF-8 fails here
                 if self.schema is None:
-                    self.schema = reader.schema
+                    self.schema, self.names = reader.schema, names
                 elif not reader.schema.equals(self.schema):
                     raise InputError(file, "its columns differ from the first data file's")
                 for batch in reader:
@@ -229,12 +230,13 @@ class _ParquetShards:
         self.files = files
         self._handles: list[Any] = []
         self._pieces: list[tuple[int, int, int]] = []
-        self.schema = None
+        self.schema, self.names = None, []
         for k, file in enumerate(files):
             with _arrow_errors(file):
                 pf = pq.ParquetFile(file)
+                names = list(pf.schema_arrow.names)  # decoded here: bad UTF-8 fails here
                 if self.schema is None:
-                    self.schema = pf.schema_arrow
+                    self.schema, self.names = pf.schema_arrow, names
                 elif not pf.schema_arrow.equals(self.schema):
                     raise InputError(file, "its columns differ from the first shard's")
                 for g in range(pf.metadata.num_row_groups):
@@ -259,7 +261,7 @@ class _ParquetShards:
 def _open_tables(
     name: str, path: Path, files: Any, label_column: str | None, group_column: str | None
 ) -> Split:
-    names = list(files.schema.names)
+    names = files.names
     if len(set(names)) != len(names):
         raise InputError(files.files[0], "duplicate column names")
     rows = files.rows()
@@ -396,7 +398,9 @@ class _PieceSamples:
     def _piece(self, j: int) -> object:
         file = self._files.file_of(j)
         first = int(self._starts[j]) - self._file_starts[file]
-        return self._convert(self._files.read(j, self._columns), first, file)
+        table = self._files.read(j, self._columns)
+        with _arrow_errors(self._files.files[file]):  # to_pylist decodes on the way
+            return self._convert(table, first, file)
 
     def _merge(self, items: list[object]) -> object:
         if self._kind != TABLE:

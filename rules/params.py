@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Iterator
 from typing import Any
 
+from diag.loaders.adapters import lora_name
 from diag.loaders.checkpoint import Checkpoint
 from diag.loaders.onnx_graph import INPUT, OUTPUT
 from diag.model import Finding, Location, Severity
@@ -110,9 +111,15 @@ def constant_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Itera
     Initialise with random values scaled to the fan-in (`nn.init.kaiming_uniform_`, the
     PyTorch default, or `kaiming_normal_` for ReLU). Look for `nn.init.constant_`,
     `zeros_`, `fill_` or `weight.data[:] = ...` on this layer.
+
+    ## LoRA adapters
+    A LoRA `B` factor (peft's `lora_B`) starts at zero by design, so that the adapted
+    model starts as the base model; whether it is still zero after training is
+    `lora-stuck`'s question, answered with the run's progress. This rule leaves LoRA
+    factors alone.
     """
     for s in checkpoint.stats.values():
-        if (s.is_weight or s.kind == "embedding") and s.all_equal:
+        if (s.is_weight or s.kind == "embedding") and s.all_equal and not _lora(s):
             yield Finding(
                 f"all {s.numel} values are {_value(s.min)} in the trained weights",
                 _at(checkpoint, s.name),
@@ -121,7 +128,7 @@ def constant_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Itera
     if init is None:
         return
     for s in init.stats.values():
-        if not (s.is_weight and s.all_equal):
+        if not (s.is_weight and s.all_equal) or _lora(s):
             continue
         if s.min != 0.0:
             yield Finding(
@@ -138,6 +145,11 @@ def constant_parameter(checkpoint: Checkpoint, init: Checkpoint | None) -> Itera
                 {"value": 0.0, "numel": s.numel, "shape": list(s.shape)},
                 severity=Severity.WARNING,
             )
+
+
+def _lora(s: TensorStats) -> bool:
+    """A LoRA factor: its init and training follow the adapter's rules (rules/adapters.py)."""
+    return lora_name(s.name) is not None
 
 
 def _infinite_constant(s: TensorStats, *, graph: bool) -> bool:
@@ -210,7 +222,7 @@ def symmetric_units(checkpoint: Checkpoint, init: Checkpoint | None = None) -> I
     for s in checkpoint.stats.values():
         # A constant tensor is all copies of one unit, and copies grown from a constant
         # init are that init's doing: constant-parameter names the cause, once.
-        if not s.is_weight or not s.n_duplicate_units or s.all_equal:
+        if not s.is_weight or not s.n_duplicate_units or s.all_equal or _lora_b(s):
             continue
         start = init.stats.get(s.name) if init is not None else None
         if start is not None and start.is_weight and start.all_equal:
@@ -244,6 +256,13 @@ def symmetric_units(checkpoint: Checkpoint, init: Checkpoint | None = None) -> I
             _at(checkpoint, s.name, units=list(groups[0][:16])),
             evidence,
         )
+
+
+def _lora_b(s: TensorStats) -> bool:
+    # Every row of a LoRA B starts at zero, identical by design: only the gradient tells
+    # them apart, and a few Adam steps of equal size can leave rows equal.
+    lora = lora_name(s.name)
+    return lora is not None and lora.part == "B"
 
 
 def _symmetry_evidence(s: TensorStats) -> bool:
@@ -334,7 +353,9 @@ def dead_units(
 
 
 def _zero_units(checkpoint: Checkpoint, min_zero_fraction: float) -> Iterator[Finding]:
-    layers = [s for s in checkpoint.stats.values() if s.is_weight and s.n_zero_units]
+    layers = [
+        s for s in checkpoint.stats.values() if s.is_weight and s.n_zero_units and not _lora_b(s)
+    ]
     if len(layers) >= PRUNED_LAYERS:
         units = sum(s.n_zero_units for s in layers)
         total = sum(s.n_units for s in layers)
@@ -388,7 +409,8 @@ def init_scale(
     """
     for s in initial.stats.values():
         expected = s.expected_std_range()
-        if expected is None or s.all_equal or s.std == 0 or s.nan or s.inf:
+        # peft draws LoRA factors by its own recipe (B zero, A Kaiming or N(0, 1/r)).
+        if expected is None or s.all_equal or s.std == 0 or s.nan or s.inf or _lora(s):
             continue
         low, high = expected
         in_band = TRANSFORMER_STD_BAND[0] <= s.std <= TRANSFORMER_STD_BAND[1]
@@ -461,7 +483,7 @@ def stuck_parameter(
         for name, u in updates.items():
             s = checkpoint.stats.get(name)
             # An empty tensor (a graph's unused Resize roi) has nothing that could move.
-            if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0:
+            if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0 or _lora(s):
                 continue
             if u.identical or u.max_abs_delta <= atol + rtol * max(abs(s.min), abs(s.max)):
                 found[name] = (
@@ -472,6 +494,8 @@ def stuck_parameter(
     opt = checkpoint.optimizer
     if opt is not None and opt.mapped and any(p.has_state for p in opt.params.values()):
         for name, p in opt.params.items():
+            if lora_name(name) is not None:
+                continue  # lora-stuck names the adapter, once
             evidence = dict(found.get(name, ("", {}, Severity.WARNING))[1])
             if not p.has_state:
                 evidence["optimizer_state"] = False
@@ -562,7 +586,8 @@ def update_ratio(
     ratios = {}
     for name, u in updates.items():
         s = checkpoint.stats.get(name)
-        if s and s.kind in ("conv", "linear", "embedding") and u.init_norm > 0 and not u.identical:
+        trainable = s and s.kind in ("conv", "linear", "embedding") and not _lora(s)
+        if trainable and u.init_norm > 0 and not u.identical:
             ratios[name] = u.ratio
     if len(ratios) < 3:
         return

@@ -190,13 +190,21 @@ def lora_run(
     max_steps: int = 8,
     save_steps: int = 2,
     learning_rate: float = 2e-3,
+    target_modules: tuple[str, ...] = ("c_attn",),
+    slow_layers: tuple[int, ...] = (),
+    full_state: bool = False,
 ) -> RunFolder:
-    """PEFT LoRA (r 4, alpha 8, on every `c_attn`) over the tiny GPT-2, with the Trainer.
+    """PEFT LoRA (r 4, alpha 8, on `target_modules`) over the tiny GPT-2, with the Trainer.
 
     The base model is saved first to `out/../<name>-base/` and loaded from there, so the
-    adapter's config names a real local base folder. `stuck_layers` freezes the `lora_B`
-    of those blocks by mistake (`requires_grad_(False)`): B stays at its zero init, and
-    since B is zero the gradient of that block's A is zero too, so neither moves.
+    adapter's config names a real local base folder; the fresh adapter is saved with
+    `save_pretrained` to `out/../<name>-initial/` before training.
+    `stuck_layers` freezes the `lora_B` of those blocks by mistake (`requires_grad_(False)`):
+    B stays at its zero init, and since B is zero the gradient of that block's A is zero
+    too, so neither moves. `slow_layers` gives the adapter of those blocks' `c_attn` a
+    learning rate 10,000 times smaller (a parameter group set up wrong). `full_state` also
+    writes `torch.save(model.state_dict())` of the trained peft model (base and adapter
+    tensors together) to `out/../<name>-full.pt`.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -208,15 +216,28 @@ def lora_run(
     base = GPT2LMHeadModel.from_pretrained(base_dir)
     torch.manual_seed(seed)
     config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM"
+        r=4,
+        lora_alpha=8,
+        target_modules=list(target_modules),
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, config)
-    stuck = []
+    initial = out.parent / f"{out.name}-initial"
+    model.save_pretrained(initial)  # the adapter before any step: B is all zeros
+    stuck, slow, rest = [], [], []
     for name, param in model.named_parameters():
         block = re.search(r"\.h\.(\d+)\.", name)
-        if "lora_B" in name and block and int(block.group(1)) in stuck_layers:
+        layer = int(block.group(1)) if block else None
+        if "lora_B" in name and layer in stuck_layers:
             param.requires_grad_(False)
             stuck.append(name)
+        elif param.requires_grad:
+            (slow if "c_attn.lora" in name and layer in slow_layers else rest).append(param)
+    optimizer = None
+    if slow:
+        groups = [{"params": rest}, {"params": slow, "lr": learning_rate * 1e-4}]
+        optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=0.0)
     args = _arguments(
         out,
         seed=seed,
@@ -229,11 +250,181 @@ def lora_run(
         args=args,
         train_dataset=_dataset(data.train),
         eval_dataset=_dataset(data.eval),
+        optimizers=(optimizer, None),
     )
     _quiet(trainer)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    extra = {"base": base_dir, "initial": initial}
+    if full_state:
+        extra["full"] = out.parent / f"{out.name}-full.pt"
+        torch.save(model.state_dict(), extra["full"])
     checkpoints, steps = _checkpoints(out)
-    planted = {"frozen_lora_B": stuck} if stuck else {}
-    return RunFolder(out, "peft-lora", checkpoints, steps, planted, seconds, {"base": base_dir})
+    planted: dict[str, Any] = {"frozen_lora_B": stuck} if stuck else {}
+    if slow_layers:
+        planted["slow_layers"] = [f"transformer.h.{i}.attn.c_attn" for i in slow_layers]
+    return RunFolder(out, "peft-lora", checkpoints, steps, planted, seconds, extra)
+
+
+def _digits_module(frozen: str | None, nan_epoch: int | None, seed: int) -> Any:
+    import lightning as L
+    import torch
+    from torch import nn
+
+    class DigitsMLP(L.LightningModule):
+        """A small MLP on the 8x8 digits; `frozen` names a layer frozen by mistake."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"lr": 0.05, "frozen": frozen, "nan_epoch": nan_epoch})
+            torch.manual_seed(seed)
+            self.fc1, self.fc2, self.out = nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(32, 10)
+            if frozen:
+                self.get_submodule(frozen).requires_grad_(False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.fc1(x.flatten(1)))
+            return self.out(torch.relu(self.fc2(x)))
+
+        def training_step(self, batch: Any, _: int) -> torch.Tensor:
+            loss = nn.functional.cross_entropy(self(batch[0]), batch[1])
+            self.log("train_loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            logits = self(batch[0])
+            self.log("val_loss", nn.functional.cross_entropy(logits, batch[1]))
+            self.log("val_acc", (logits.argmax(1) == batch[1]).float().mean())
+
+        def on_train_epoch_end(self) -> None:
+            # A NaN that reaches the loss spreads to every weight at the next step.
+            if nan_epoch is not None and self.current_epoch == nan_epoch:
+                with torch.no_grad():
+                    self.fc2.weight[0, 0] = math.nan
+
+        def configure_optimizers(self) -> Any:
+            # Every parameter goes to the optimizer, frozen or not: the usual code.
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    return DigitsMLP()
+
+
+def lightning_run(
+    out: Path,
+    *,
+    seed: int = 0,
+    epochs: int = 4,
+    frozen: str | None = None,
+    nan_epoch: int | None = None,
+) -> RunFolder:
+    """lightning.Trainer on the digits with its TensorBoard logger and a CSVLogger, both in
+    `lightning_logs/version_0/`, and a `.ckpt` after every epoch.
+
+    `frozen="fc1"` freezes that layer by mistake (it stays in the optimizer, which keeps
+    no state for it); `nan_epoch=k` writes a NaN into `fc2.weight` at the end of epoch k.
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from diag.demo import digits
+
+    x, y, xv, yv = digits(seed)
+    gen = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=gen)
+    val = DataLoader(TensorDataset(xv, yv), batch_size=512)
+    loggers = [
+        TensorBoardLogger(out, name="lightning_logs", version=0),
+        CSVLogger(out, name="lightning_logs", version=0),
+    ]
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=loggers,
+        callbacks=[ModelCheckpoint(every_n_epochs=1, save_top_k=-1)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=5,
+        deterministic=True,
+    )
+    model = _digits_module(frozen, nan_epoch, seed)
+    start = time.perf_counter()
+    trainer.fit(model, train, val)
+    seconds = time.perf_counter() - start
+    folder = out / "lightning_logs" / "version_0" / "checkpoints"
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: int(re.search(r"step=(\d+)", p.name)[1]))
+    steps = tuple(int(re.search(r"step=(\d+)", p.name)[1]) for p in found)
+    planted: dict[str, Any] = {}
+    if frozen:
+        planted["frozen"] = f"{frozen}.weight"
+    if nan_epoch is not None:
+        planted["nan"] = {
+            "tensor": "fc2.weight",
+            "epoch": nan_epoch,
+            "first_checkpoint": found[nan_epoch],
+        }
+    return RunFolder(out, "lightning", tuple(found), steps, planted, seconds)
+
+
+NUMBERED_STYLES = {
+    # style: the file name of a checkpoint, from (epoch from 1, step, validation loss)
+    "step": lambda epoch, step, loss: f"ckpt_{step:06d}.pt",
+    "epoch": lambda epoch, step, loss: f"epoch={epoch:02d}.pt",
+    "keras": lambda epoch, step, loss: f"weights.{epoch:02d}-{loss:.2f}.safetensors",
+}
+
+
+def numbered_run(
+    out: Path, *, style: str = "step", seed: int = 0, epochs: int = 4, detach_conv1: bool = False
+) -> RunFolder:
+    """diag.demo's digits CNN, saved after every epoch into one flat folder of numbered files.
+
+    "step" and "epoch" files are `torch.save` of {"model", "optimizer", "step", "epoch"}
+    (a step-0 file holds the initial weights); "keras" files are safetensors of the weights
+    alone, named as Keras' ModelCheckpoint names them. `detach_conv1` cuts conv1 from the
+    graph, so the optimizer never gets a gradient for it.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from torch.nn.functional import cross_entropy
+
+    from diag.demo import Faults, build_model, digits
+
+    name_of = NUMBERED_STYLES[style]
+    out.mkdir(parents=True, exist_ok=True)
+    x, y, xv, yv = digits(seed)
+    model = build_model(Faults(detach_conv1=detach_conv1), seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    saved, steps, step = [], [], 0
+    start = time.perf_counter()
+
+    def save(epoch: int, loss: float) -> None:
+        path = out / name_of(epoch, step, loss)
+        if style == "keras":
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        else:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            torch.save({**state, "step": step, "epoch": epoch}, path)
+        saved.append(path)
+        steps.append(step)
+
+    if style == "step":
+        save(0, math.nan)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(y), generator=gen).split(64):
+            optimizer.zero_grad()
+            cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+            step += 1
+        model.eval()
+        with torch.no_grad():
+            save(epoch, float(cross_entropy(model(xv), yv)))
+    seconds = time.perf_counter() - start
+    planted = {"stuck": "conv1.weight"} if detach_conv1 else {}
+    return RunFolder(out, "numbered", tuple(saved), tuple(steps), planted, seconds)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from diag.errors import InputError
 
@@ -68,10 +71,11 @@ def read_adapter_config(folder: Path) -> AdapterConfig | None:
         raise InputError(path, "not valid JSON") from None
     if not isinstance(doc, dict):
         raise InputError(path, "not a JSON object")
-    return _parse(path, doc)
+    return parse_adapter_config(doc, path)
 
 
-def _parse(path: Path, doc: dict) -> AdapterConfig:
+def parse_adapter_config(doc: Mapping[str, Any], path: str | Path) -> AdapterConfig:
+    """An adapter config from its JSON object; InputError names `path` if it is malformed."""
     peft_type = doc.get("peft_type", "LORA")
     if not isinstance(peft_type, str):
         raise InputError(path, "peft_type is not a string")
@@ -97,7 +101,7 @@ def _parse(path: Path, doc: dict) -> AdapterConfig:
     )
 
 
-def _modules(path: Path, value: object) -> tuple[str, ...]:
+def _modules(path: str | Path, value: object) -> tuple[str, ...]:
     # peft accepts a list of names or one regular expression as a string.
     if value is None:
         return ()
@@ -113,6 +117,29 @@ def _whole(value: object) -> bool:
 
 
 def _number(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# peft names a LoRA factor `<module>.lora_A[.<adapter>].weight` (`lora_embedding_A` for an
+# embedding); adapter files drop the adapter name, live state dicts keep it.
+_LORA = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>[AB])(?:\.(?P<adapter>[^.]+))?$")
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class LoraName:
+    """What a tensor name says about its place in a LoRA adapter."""
+
+    module: str  # the adapted module, without peft's `base_model.model.` prefix
+    part: str  # "A" or "B"
+    adapter: str | None  # the adapter's name when the file keeps it ("default")
+    prefix: str  # the module as named in the file, for finding its base weight
+
+
+def lora_name(name: str) -> LoraName | None:
+    """The LoRA factor a tensor is, from peft's naming; None for any other tensor."""
+    match = _LORA.match(name.removesuffix(".weight"))
+    if match is None:
+        return None
+    module = match["module"]
+    return LoraName(module.removeprefix(PEFT_PREFIX), match["part"], match["adapter"], module)

@@ -20,6 +20,8 @@ import hostile_sandbox as hs
 import numpy as np
 import pytest
 import wandb_writer as ww
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diag.errors import InputError
 from diag.loaders.logs import open_logs
@@ -27,6 +29,11 @@ from diag.loaders.logs.curves import TRAIN_LOSS, VAL_LOSS, training_log
 from diag.loaders.logs.wandb import find_wandb_files, read_wandb
 
 NAN_STEP = 120
+FUZZ = settings(
+    max_examples=int(os.environ.get("DIAG_FUZZ_EXAMPLES", 150)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 WRITE_RUNS = r"""
 import json, sys
@@ -346,3 +353,65 @@ def test_a_record_after_exactly_a_header_of_room_starts_empty(tmp_path: Path) ->
     path.write_bytes(blob)
     (run,) = read_wandb(path)
     assert run.series["loss"].steps.tolist() == [3] and run.series["loss"].values.tolist() == [0.5]
+
+
+# ---------------------------------------------------------------- protobuf as the oracle
+
+# Names the reader gives a role (the step, the time, the epoch) are tested by name above.
+SPECIAL = {"_step", "_runtime", "_timestamp", "epoch", "train/epoch"}
+SPECIAL |= {"train/global_step", "trainer/global_step"}
+NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12).filter(
+    lambda name: name not in SPECIAL
+)
+VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=5),
+    st.booleans(),
+    st.none(),
+)
+
+
+def value_json(value: object) -> str:
+    """As wandb writes values: JSON with NaN and ±Infinity bare."""
+    return json.dumps(value)
+
+
+@FUZZ
+@given(
+    rows=st.lists(st.dictionaries(NAMES, VALUES, max_size=6), min_size=1, max_size=12),
+    old_style=st.booleans(),
+    garbage=st.binary(max_size=40),
+)
+def test_decoded_as_protobuf_decodes_it(tmp_path: Path, rows, old_style, garbage) -> None:
+    """Rows serialised by wandb's protobuf classes; the expectation comes from parsing the
+    same bytes back with protobuf, so field order, unknown fields and escapes are its call."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    payloads = [ww.history({k: value_json(v) for k, v in row.items()}, i, old_style)
+                for i, row in enumerate(rows)]  # fmt: skip
+    payloads.insert(len(payloads) // 2, b"\xfa\x01" + bytes([len(garbage)]) + garbage)
+    path = tmp_path / "run-h.wandb"
+    path.write_bytes(ww.frame(payloads))
+    expected: dict[str, tuple[list[int], list[float]]] = {}
+    for payload in payloads:
+        record = pb.Record.FromString(payload)
+        if record.WhichOneof("record_type") != "history":
+            continue
+        for item in record.history.item:
+            name = item.key or ".".join(item.nested_key)
+            if name in SPECIAL:
+                continue
+            try:
+                number = float(item.value_json)
+            except ValueError:
+                continue
+            steps, values = expected.setdefault(name, ([], []))
+            steps.append(record.history.step.num)
+            values.append(number)
+    (run,) = read_wandb(path)
+    got = {n: (s.steps.tolist(), s.values.tolist()) for n, s in run.series.items()}
+    assert got.keys() == expected.keys()
+    for name, (steps, values) in expected.items():
+        assert got[name][0] == steps
+        np.testing.assert_array_equal(np.array(got[name][1]), np.array(values))

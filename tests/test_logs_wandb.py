@@ -43,9 +43,10 @@ root, nan_step = sys.argv[1], int(sys.argv[2])
 logged = {}
 
 
-def run(name, rows):
+def run(name, rows, **settings):
     r = wandb.init(mode="offline", dir=f"{root}/{name}", project="diag-tests", name=name,
-                   config={"lr": 0.1, "layers": [4, 2], "run": name})
+                   config={"lr": 0.1, "layers": [4, 2], "run": name},
+                   settings=wandb.Settings(**settings))
     for row in rows:
         wandb.log(row)
     logged[name] = {"id": r.id, "rows": rows}
@@ -70,6 +71,9 @@ run("diverge", [losses(i, diverge=True) for i in range(200)])
 # strings and bools (kept out of the series) around ordinary points.
 run("wide", [{f"w/{i}": i / 7 for i in range(3000)}, {"loss": 1.5, "nested": {"a": 0.25},
              "note": "text", "flag": True}, {"loss": 1.25}])
+# wandb 0.31 can write each value twice: as JSON and in typed fields beside it.
+run("typed", [{"loss": 1 / (i + 1), "n": i, "big": 2 ** 70, "nan": float("nan"), "s": "x"}
+              for i in range(5)], x_history_value_encoding="json,typed")
 json.dump(logged, open(f"{root}/logged.json", "w"))
 """
 
@@ -165,7 +169,7 @@ def logged_points(rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
 # ---------------------------------------------------------------- real runs
 
 
-@pytest.mark.parametrize("name", ["healthy", "nan", "diverge", "wide"])
+@pytest.mark.parametrize("name", ["healthy", "nan", "diverge", "wide", "typed"])
 def test_points_are_what_was_logged(wandb_runs, name: str) -> None:
     root, logged = wandb_runs
     (run,) = read_wandb(the_file(root / name))

@@ -129,6 +129,11 @@ class Run:
         return False
 
     def artifact(self, name: str) -> Any:
+        # A reference that is only the earliest checkpoint of a run is not the untrained
+        # model: rules that judge --init (NaN in it, constant from the start) leave it be,
+        # and the findings on the last checkpoint are dated by diag.history instead.
+        if name == "init" and self.init_is_reference:
+            return None
         return getattr(self, name)
 
     def members(self) -> list[Checkpoint]:

@@ -113,11 +113,14 @@ def outside_reads(outcome: Outcome, allowed: list[Path]) -> list[str]:
     roots = (*SYSTEM, *(str(Path(a).resolve()) for a in allowed), *(str(a) for a in allowed))
     if outcome.scratch:
         roots = (*roots, outcome.scratch, str(Path(outcome.scratch).resolve()))
+    # Judged by where the path really leads: a link inside the inputs that points out of
+    # them is a read outside.
+    real_roots = (*SYSTEM, *(os.path.realpath(r) for r in roots))
     return sorted(
         {
             f"{event} {path}"
             for event, path in outcome.touched
-            if not _inside(path, roots) and not _inside(os.path.realpath(path), SYSTEM)
+            if not _inside(os.path.realpath(path), real_roots)
         }
     )
 

@@ -106,7 +106,7 @@ def discover(root: Path) -> RunFolder:
     version = _lightning_version(root)
     if version is not None:
         found = _lightning(root, version)
-    elif any(_HF_CHECKPOINT.match(p.name) and p.is_dir() for p in _entries(root)):
+    elif any(_HF_CHECKPOINT.match(p.name) and _is_dir(p) for p in _entries(root)):
         found = _hf_trainer(root)
     elif _model_file(root) is not None:
         found = RunFolder(root, "model folder")
@@ -123,6 +123,15 @@ def discover(root: Path) -> RunFolder:
             "Lightning, numbered checkpoint files and W&B runs)",
         )
     return found
+
+
+def _is_file(path: Path) -> bool:
+    # Never through a symbolic link: nothing outside the folder the user named is read.
+    return path.is_file() and not path.is_symlink()
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -143,7 +152,7 @@ def _check_size(root: Path) -> None:
 def _model_file(folder: Path) -> Path | None:
     for name in MODEL_FILES:
         candidate = folder / name
-        if candidate.is_file() and not candidate.is_symlink():
+        if _is_file(candidate):
             return candidate
     return None
 
@@ -151,7 +160,7 @@ def _model_file(folder: Path) -> Path | None:
 def _entry(path: Path, label: str) -> CheckpointEntry:
     """Step, epoch or a bare index from a checkpoint's name (floats, like a val loss in
     `weights.05-0.42`, are not indices)."""
-    name = label.removesuffix(path.suffix) if path.is_file() else label
+    name = label.removesuffix(path.suffix) if _is_file(path) else label
     if match := _HF_CHECKPOINT.match(name):
         return CheckpointEntry(path, label, step=int(match[1]))
     step = _STEP.search(name)
@@ -185,36 +194,45 @@ def _order(entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
 
 def _hf_trainer(root: Path) -> RunFolder:
     found = RunFolder(root, "Hugging Face Trainer")
+    models: dict[Path, Path] = {}
     for sub in _entries(root):
-        if not (sub.is_dir() and _HF_CHECKPOINT.match(sub.name)):
+        if not (_is_dir(sub) and _HF_CHECKPOINT.match(sub.name)):
             continue
         model = _model_file(sub)
         if model is None:
             found.describe(sub, "not read", "no model.safetensors, pytorch_model.bin or adapter")
             continue
-        entry = _entry(sub, sub.name)
-        found.checkpoints.append(entry)
-        what = "adapter checkpoint" if model.name.startswith("adapter_") else "checkpoint"
-        found.describe(sub, what, f"step {entry.step} ({model.name})")
+        found.checkpoints.append(_entry(sub, sub.name))
+        models[sub] = model
     found.checkpoints = _order(found.checkpoints)
+    for entry in found.checkpoints:
+        model = models[entry.path]
+        what = "adapter checkpoint" if model.name.startswith("adapter_") else "checkpoint"
+        found.describe(entry.path, what, f"step {entry.step} ({model.name})")
     final = _model_file(root)
-    if final is not None:
-        found.checkpoints.append(CheckpointEntry(root, "final model", step=None))
-        found.describe(root, "checkpoint", f"the final model ({final.name}), read last")
+    if final is None:
+        return found
+    last = found.checkpoints[-1] if found.checkpoints else None
+    twin = models[last.path].name if last is not None else None
+    if last is not None and twin == final.name and _same_bytes(final, last.path / twin):
+        found.describe(final, "not read", f"the final model: the same weights as {last.label}")
+    else:
+        found.checkpoints.append(CheckpointEntry(root, "final model"))
+        found.describe(final, "checkpoint", "the final model, read last")
     return found
 
 
 def _lightning_version(root: Path) -> Path | None:
     """The version folder to read: root itself, or the newest under lightning_logs/."""
-    if _LIGHTNING_VERSION.match(root.name) and (root / "hparams.yaml").exists():
+    if _LIGHTNING_VERSION.match(root.name) and _is_file(root / "hparams.yaml"):
         return root
     for base in (root / "lightning_logs", root):
-        if not base.is_dir():
+        if not _is_dir(base):
             continue
         versions = [
             (int(m[1]), p)
             for p in _entries(base)
-            if p.is_dir() and (m := _LIGHTNING_VERSION.match(p.name))
+            if _is_dir(p) and (m := _LIGHTNING_VERSION.match(p.name))
         ]
         if versions:
             return max(versions)[1]
@@ -224,12 +242,12 @@ def _lightning_version(root: Path) -> Path | None:
 def _lightning(root: Path, version: Path) -> RunFolder:
     found = RunFolder(root, "Lightning")
     for sibling in _entries(version.parent) if version != root else ():
-        if sibling.is_dir() and _LIGHTNING_VERSION.match(sibling.name) and sibling != version:
+        if _is_dir(sibling) and _LIGHTNING_VERSION.match(sibling.name) and sibling != version:
             found.describe(
                 sibling, "not read", f"an earlier run; check it with `diag check {sibling}`"
             )
     for folder in (version / "checkpoints", version, root / "checkpoints", root):
-        if folder.is_dir():
+        if _is_dir(folder):
             _checkpoint_files(found, folder)
         if found.checkpoints:
             break
@@ -240,7 +258,7 @@ def _lightning(root: Path, version: Path) -> RunFolder:
 def _lightning_logs(found: RunFolder, version: Path) -> list[Path]:
     metrics = version / "metrics.csv"
     events = [p for p in _entries(version) if p.name.startswith("events.out.tfevents")]
-    if metrics.is_file():
+    if _is_file(metrics):
         for event in events:
             found.describe(event, "logs", "the same metrics as metrics.csv: not read twice")
         return [metrics]
@@ -250,7 +268,7 @@ def _lightning_logs(found: RunFolder, version: Path) -> list[Path]:
 def _numbered(root: Path) -> RunFolder:
     found = RunFolder(root, "numbered checkpoints")
     for folder in (root, root / "checkpoints", root / "ckpt", root / "models"):
-        if folder.is_dir() and not folder.is_symlink():
+        if _is_dir(folder):
             _checkpoint_files(found, folder)
     wandb = _wandb_root(root)
     if not found.checkpoints and wandb is not None:
@@ -261,11 +279,11 @@ def _numbered(root: Path) -> RunFolder:
 def _checkpoint_files(found: RunFolder, folder: Path) -> None:
     entries = []
     for path in _entries(folder):
-        if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if _is_file(path) and path.suffix.lower() in CHECKPOINT_SUFFIXES:
             if path.name in NOT_READ or path.name.startswith(("adapter_", "optimizer")):
                 continue
             entries.append(_entry(path, path.name))
-        elif path.is_dir() and _model_file(path) is not None:
+        elif _is_dir(path) and _model_file(path) is not None:
             entries.append(_entry(path, path.name))  # a save_pretrained folder per epoch
     ordered = _order(entries)
     if len(ordered) > 1:
@@ -285,7 +303,7 @@ def _without_last_copy(found: RunFolder, entries: list[CheckpointEntry]) -> list
         return entries
     numbered = [e for e in entries if e not in last]
     newest = numbered[-1]
-    if newest.path.is_file() and _same_bytes(newest.path, last[0].path):
+    if _is_file(newest.path) and _same_bytes(newest.path, last[0].path):
         found.describe(last[0].path, "not read", f"a copy of {newest.label}")
         return numbered
     return entries
@@ -301,11 +319,11 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 
 def _wandb_root(root: Path) -> Path | None:
-    if root.name == "wandb" and root.is_dir():
+    if root.name == "wandb" and _is_dir(root):
         return root
-    if (root / "wandb").is_dir() and not (root / "wandb").is_symlink():
+    if _is_dir(root / "wandb"):
         return root / "wandb"
-    if any(p.suffix == ".wandb" for p in _entries(root) if p.is_file()):
+    if any(p.suffix == ".wandb" for p in _entries(root) if _is_file(p)):
         return root
     return None
 
@@ -319,9 +337,9 @@ def _add_logs(found: RunFolder) -> None:
         states = [
             (e.step or 0, e.path / "trainer_state.json")
             for e in found.checkpoints
-            if (e.path / "trainer_state.json").is_file()
+            if _is_file(e.path / "trainer_state.json")
         ]
-        if (root / "trainer_state.json").is_file():
+        if _is_file(root / "trainer_state.json"):
             states.append((1 << 62, root / "trainer_state.json"))
         if states:
             newest = max(states)[1]
@@ -329,7 +347,7 @@ def _add_logs(found: RunFolder) -> None:
             for _, other in states:
                 if other != newest:
                     found.describe(other, "logs", "an earlier copy of the history: not read")
-    if (root / "runs").is_dir():
+    if _is_dir(root / "runs"):
         sources.append(("TensorBoard events", root / "runs"))
     wandb = _wandb_root(root)
     if wandb is not None:
@@ -351,7 +369,7 @@ def _loose_logs(root: Path) -> list[tuple[str, Path]]:
     """CSV, JSON Lines and event files lying in the run folder itself."""
     out = []
     for path in _entries(root):
-        if not path.is_file():
+        if not _is_file(path):
             continue
         if path.name.startswith("events.out.tfevents"):
             out.append(("TensorBoard events", root))
@@ -371,12 +389,12 @@ def _describe_rest(found: RunFolder) -> None:
     """Every other file at the top of the run folder and in its checkpoint folders, with its
     role, so that nothing is ignored in silence."""
     described = {f.path for f in found.files}
-    folders = {found.root} | {e.path for e in found.checkpoints if e.path.is_dir()}
+    folders = {found.root} | {e.path for e in found.checkpoints if _is_dir(e.path)}
     for folder in sorted(folders):
         model = _model_file(folder)
         for path in _entries(folder):
             shown = path.relative_to(found.root).as_posix()
-            if not path.is_file() or shown in described:
+            if not _is_file(path) or shown in described:
                 continue
             if model is not None and _part_of_model(path, model):
                 continue

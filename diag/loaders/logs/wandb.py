@@ -541,6 +541,8 @@ def _history_row(data: bytes, spans: list[tuple[int, int]], state: _RunState) ->
             metric.rows.append(row)
             metric.values.append(value)
             added += 1
+            if role == _SERIES:
+                continue
         if role == _STEP:
             step = _integer(raw)
         elif role == _GLOBAL_STEP:

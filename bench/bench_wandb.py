@@ -238,9 +238,8 @@ def main() -> None:
             for name, read in peers:
                 wall, cpu, points = best_time(lambda read=read, path=path: read(path), args.repeats)
                 results.append(points)
-                print(
-                    f"| {label} | {name} | {wall:.2f} | {cpu:.2f} | {steps:,} | {steps / cpu:,.0f} |"
-                )
+                rate = steps / cpu
+                print(f"| {label} | {name} | {wall:.2f} | {cpu:.2f} | {steps:,} | {rate:,.0f} |")
             assert results[0] == results[1], f"{label}: the readers disagree"
     finally:
         if args.dir is None:

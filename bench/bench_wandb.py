@@ -58,6 +58,7 @@ run.finish()
 
 
 def write_real(folder: Path, steps: int) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)  # a kept --dir holds the last bench's run
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         env[var] = str(folder / ".wandb-home")

@@ -123,7 +123,13 @@ def open_checkpoint(path_text: str | os.PathLike[str]) -> Checkpoint:
     # Both torch layouts carry torch's extensions; only the content tells them apart.
     if expected and expected != kind.removesuffix("-legacy"):
         raise InputError(path, f"the extension says {expected} but the content is {kind}")
-    return _open_file(path, kind, str(path_text))
+    checkpoint = _open_file(path, kind, str(path_text))
+    if path.name.startswith("adapter_model."):
+        # A PEFT adapter: its rank and scaling are in the config saved beside it.
+        from diag.loaders.adapters import read_adapter_config
+
+        checkpoint.meta.extra["adapter"] = read_adapter_config(path.parent)
+    return checkpoint
 
 
 def _open_file(path: Path, kind: str, shown: str) -> Checkpoint:

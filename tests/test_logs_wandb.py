@@ -74,6 +74,13 @@ run("wide", [{f"w/{i}": i / 7 for i in range(3000)}, {"loss": 1.5, "nested": {"a
 # wandb 0.31 can write each value twice: as JSON and in typed fields beside it.
 run("typed", [{"loss": 1 / (i + 1), "n": i, "big": 2 ** 70, "nan": float("nan"), "s": "x"}
               for i in range(5)], x_history_value_encoding="json,typed")
+# A run resumed offline: a second run folder with the same id, its _step from 0 again.
+for part in range(2):
+    r = wandb.init(mode="offline", dir=f"{root}/resumed", project="diag-tests", id="resumed1",
+                   resume="allow")
+    for i in range(4):
+        wandb.log({"train/loss": 1.0 / (i + 1) - part / 2})
+    r.finish()
 json.dump(logged, open(f"{root}/logged.json", "w"))
 """
 
@@ -237,8 +244,21 @@ def test_a_wandb_folder_is_one_run_per_run_not_per_link(wandb_runs) -> None:
     assert find_wandb_files(wandb_dir) == [the_file(root / "healthy")]
     # wandb's own JSON-lines debug logs in the run folder are not read as metrics
     runs = open_logs(root)
-    assert sorted(r.run for r in runs) == sorted(f"{n} ({v['id']})" for n, v in logged.items())
+    expected = [f"{n} ({v['id']})" for n, v in logged.items()] + ["resumed1"]  # unnamed
+    assert sorted(r.run for r in runs) == sorted(expected)
     assert {r.format for r in runs} == {"wandb"}
+
+
+def test_a_resumed_run_is_one_run_in_time_order(wandb_runs) -> None:
+    root, _ = wandb_runs
+    folders = sorted((root / "resumed" / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2
+    (run,) = open_logs(root / "resumed")
+    loss = run.series["train/loss"]
+    assert loss.steps.tolist() == [0, 1, 2, 3] * 2
+    assert loss.values.tolist() == [1.0 / (i + 1) - part / 2 for part in (0, 1) for i in range(4)]
+    assert run.source.parent == folders[-1] and run.meta["run_id"] == "resumed1"
+    assert training_log(run).curves["train/loss"].restarts == (0,)
 
 
 def test_lightning_wandb_logger(lightning_run) -> None:

@@ -240,3 +240,18 @@ def test_a_folder_with_nothing_to_check_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.startswith(f"diag: error: {tmp_path}")
     assert "no checkpoints or training logs found" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoints_further_down_as_lightning_writes_them_with_wandb(tmp_path: Path) -> None:
+    """WandbLogger puts checkpoints in PROJECT/RUN_ID/checkpoints/: the newest run is read."""
+    import os
+
+    for i, run_id in enumerate(("old1", "new2")):
+        folder = tmp_path / "project" / run_id / "checkpoints"
+        folder.mkdir(parents=True)
+        for epoch, state in enumerate(_trajectory(2)):
+            torch.save(state, folder / f"epoch={epoch}-step={epoch * 10 + 9}.ckpt")
+        os.utime(folder, (1_000_000 + i, 1_000_000 + i))
+    found = discover(tmp_path)
+    assert [e.path.parent.parent.name for e in found.checkpoints] == ["new2", "new2"]
+    assert {f.path: f.role for f in found.files}["project/old1/checkpoints"] == "not read"

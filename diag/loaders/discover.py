@@ -270,10 +270,31 @@ def _numbered(root: Path) -> RunFolder:
     for folder in (root, root / "checkpoints", root / "ckpt", root / "models"):
         if _is_dir(folder):
             _checkpoint_files(found, folder)
+    if not found.checkpoints:
+        _nested_checkpoints(found)
     wandb = _wandb_root(root)
     if not found.checkpoints and wandb is not None:
         found.layout = "W&B"
     return found
+
+
+def _nested_checkpoints(found: RunFolder) -> None:
+    """A `checkpoints/` folder further down (Lightning with the W&B logger writes
+    `PROJECT/RUN_ID/checkpoints/`): the newest one is the run; the others are named."""
+    nested = []
+    for folder, dirs, _ in os.walk(found.root, followlinks=False):
+        depth = len(Path(folder).relative_to(found.root).parts)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and depth < 3]
+        for d in dirs:
+            candidate = Path(folder) / d
+            if d in ("checkpoints", "ckpt") and _is_dir(candidate):
+                nested.append((candidate.stat().st_mtime, candidate))
+    if not nested:
+        return
+    nested.sort()
+    for _, other in nested[:-1]:
+        found.describe(other, "not read", "another run's checkpoints: check it on its own")
+    _checkpoint_files(found, nested[-1][1])
 
 
 def _checkpoint_files(found: RunFolder, folder: Path) -> None:

@@ -439,3 +439,30 @@ def test_decoded_as_protobuf_decodes_it(tmp_path: Path, rows, old_style, garbage
     for name, (steps, values) in expected.items():
         assert got[name][0] == steps
         np.testing.assert_array_equal(np.array(got[name][1]), np.array(values))
+
+
+def test_the_config_is_read_as_hyperparameters(tmp_path: Path) -> None:
+    """The HF Trainer puts its TrainingArguments in the W&B config: choosing the best
+    checkpoint on a test metric is then visible to test-set-selection."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from diag.api import CheckOptions, check
+
+    record = pb.Record()
+    record.run.run_id = "cfg"
+    item = record.run.config.update.add()
+    item.key, item.value_json = "metric_for_best_model", '"test_accuracy"'
+    rows = [
+        ww.history({"train/loss": str(1 / (i + 1)), "eval/loss": str(1.1 / (i + 1)),
+                    "eval/accuracy": str(0.5 + i / 40)}, step=i)
+        for i in range(12)
+    ]  # fmt: skip
+    path = tmp_path / "run-cfg.wandb"
+    path.write_bytes(ww.frame([record.SerializeToString(), *rows, ww.exit_record()]))
+    (run,) = read_wandb(path)
+    assert run.meta["hparams"] == {"metric_for_best_model": "test_accuracy"}
+    result, _ = check(CheckOptions(quiet=True, logs=[str(path)], select=["test-set-selection"]))
+    found = [(f.rule, f.location.object, f.evidence["monitor"]) for f in result.findings]
+    assert found == [
+        ("test-set-selection", "hyperparameter metric_for_best_model", "test_accuracy")
+    ]

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -313,3 +314,18 @@ def test_state_json_naming_a_file_outside_is_refused(tmp_path):
     (folder / "state.json").write_text(json.dumps(state))
     with pytest.raises(InputError, match=re.escape("'../outside.arrow' is not a plain name")):
         open_split("train", folder)
+
+
+def test_saved_numeric_table_reads_like_parquet(tmp_path):
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True).frame
+    wine.insert(0, "ref", [f"w{i:03d}" for i in range(len(wine))])
+    datasets.Dataset.from_pandas(wine).save_to_disk(tmp_path / "wine", num_shards=3)
+    split = open_split("train", tmp_path / "wine")
+    assert split.kind == "table" and "ref" not in split.columns
+    assert split.labels.tolist() == wine["target"].tolist()
+    numeric = np.concatenate([c.numeric for _, c in split.samples.chunks(50)])
+    assert np.array_equal(numeric, wine.drop(columns=["ref", "target"]).to_numpy())
+    assert np.array_equal(split.samples.take([177])[0].numeric[0], numeric[177])
+    assert split.sample_id(177) == "data-00002-of-00003.arrow row 58"

@@ -28,9 +28,12 @@ import numpy as np
 
 from diag.errors import InputError
 from diag.loaders.splits.common import (
+    IdTracker,
+    Layout,
     check_indices,
     check_size,
     column_roles,
+    id_by_name,
     inside,
     make_layout,
     one_line,
@@ -279,8 +282,7 @@ def _open_tables(
         kind, columns = IMAGE, ["image"]
         convert = _image_converter(path, files.files)
     else:
-        types = [arrow_type(files.schema.field(i).type) for i in range(len(names))]
-        table_layout = make_layout(files.files[0], names, roles, types, [False] * len(names), ())
+        table_layout = _table_layout(files, names, roles)
         kind, columns = table_layout.kind, [table_layout.names[i] for i in (
             *table_layout.numeric, *table_layout.text)]  # fmt: skip
         notes.extend(table_layout.notes)
@@ -293,6 +295,30 @@ def _open_tables(
     samples = _PieceSamples(files, rows, columns, convert, kind)
     ids = _FileRowIds(files, rows)
     return Split(name, path, kind, samples, labels, groups, ids, tuple(columns), tuple(notes))
+
+
+def _table_layout(files: Any, names: list[str], roles: tuple[int | None, int | None]) -> Layout:
+    """Columns typed as for Parquet, text columns of distinct ids or paths excluded."""
+    types = [arrow_type(files.schema.field(i).type) for i in range(len(names))]
+    trackers = {
+        i: IdTracker()
+        for i, kind in enumerate(types)
+        if kind == "text" and i not in roles and not id_by_name(names[i])
+    }
+    for j in range(len(files.rows()) if trackers else 0):
+        if not any(t.alive for t in trackers.values()):
+            break
+        table = files.read(j, [names[i] for i in trackers])
+        with _arrow_errors(files.files[files.file_of(j)]):
+            for i, tracker in trackers.items():
+                for value in table.column(names[i]).to_pylist() if tracker.alive else ():
+                    if value is None:
+                        tracker.alive = False
+                        break
+                    tracker.add(str(value))
+    rows = sum(files.rows())
+    id_values = [i in trackers and trackers[i].all_distinct(rows) for i in range(len(names))]
+    return make_layout(files.files[0], names, roles, types, id_values, ())
 
 
 def _text_columns(layout: str) -> list[str]:

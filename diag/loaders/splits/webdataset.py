@@ -22,6 +22,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -134,8 +135,7 @@ def open_webdataset(
     labels = typed_values(index.labels) if labelled else None
     grouped = group_column is not None and any(index.groups)
     groups = typed_values(index.groups) if grouped else None
-    names = [s.name for s in shards]
-    ids = [f"{names[s]}:{key}" for s, key in zip(index.shards, index.keys, strict=True)]
+    ids = _SampleIds([s.name for s in shards], index)
     notes = tuple(f"{n} {why}" for why, n in sorted(index.skipped.items()))
     samples = _TarSamples(list(shards), index)
     return Split(name, source, str(index.kind), samples, labels, groups, ids, (), notes)
@@ -298,6 +298,25 @@ def _check_trailer(shard: Path, end: int) -> None:
         raise InputError(shard, f"cannot read ({exc.strerror or exc})") from None
     if rest.strip(b"\0"):
         raise InputError(shard, f"corrupt or truncated tar: unreadable header at byte {end}")
+
+
+class _SampleIds(Sequence[str]):
+    """'train-000001.tar:sample000123', built when asked (keys are already held once)."""
+
+    def __init__(self, names: list[str], index: _Index) -> None:
+        self._names, self._index = names, index
+
+    def __len__(self) -> int:
+        return len(self._index.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return f"{self._names[self._index.shards[i]]}:{self._index.keys[i]}"
 
 
 class _TarSamples:

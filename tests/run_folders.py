@@ -134,6 +134,7 @@ def hf_trainer_run(
     final: str | None = None,
     max_steps: int = 10,
     save_steps: int = 2,
+    learning_rate: float = 2e-3,
 ) -> RunFolder:
     """transformers.Trainer on the tiny GPT-2: `checkpoint-N/` every `save_steps` steps.
 
@@ -147,7 +148,12 @@ def hf_trainer_run(
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(tiny_gpt2_config(len(data.tokenizer)))
     args = _arguments(
-        out, seed=seed, max_steps=max_steps, save_steps=save_steps, report_to=report_to
+        out,
+        seed=seed,
+        max_steps=max_steps,
+        save_steps=save_steps,
+        report_to=report_to,
+        learning_rate=learning_rate,
     )
     planted: dict[str, Any] = {}
     callbacks = []
@@ -193,6 +199,7 @@ def lora_run(
     target_modules: tuple[str, ...] = ("c_attn",),
     slow_layers: tuple[int, ...] = (),
     full_state: bool = False,
+    base: Path | None = None,
 ) -> RunFolder:
     """PEFT LoRA (r 4, alpha 8, on `target_modules`) over the tiny GPT-2, with the Trainer.
 
@@ -210,10 +217,11 @@ def lora_run(
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2LMHeadModel, Trainer
 
-    base_dir = out.parent / f"{out.name}-base"
-    torch.manual_seed(seed + 1000)  # the base differs from the adapter's own draws
-    GPT2LMHeadModel(tiny_gpt2_config(len(data.tokenizer))).save_pretrained(base_dir)
-    base = GPT2LMHeadModel.from_pretrained(base_dir)
+    base_dir = base or out.parent / f"{out.name}-base"
+    if base is None:
+        torch.manual_seed(seed + 1000)  # the base differs from the adapter's own draws
+        GPT2LMHeadModel(tiny_gpt2_config(len(data.tokenizer))).save_pretrained(base_dir)
+    model = GPT2LMHeadModel.from_pretrained(base_dir)
     torch.manual_seed(seed)
     config = LoraConfig(
         r=4,
@@ -222,7 +230,7 @@ def lora_run(
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, config)
+    model = get_peft_model(model, config)
     initial = out.parent / f"{out.name}-initial"
     model.save_pretrained(initial)  # the adapter before any step: B is all zeros
     stuck, slow, rest = [], [], []

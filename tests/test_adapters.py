@@ -108,7 +108,8 @@ def check_run(folder: RunFolder) -> list:
 
 def every_check(folder: RunFolder) -> list[list]:
     """Each checkpoint alone, then the run as a whole."""
-    alone = [check_one(as_discovered(p, s)) for p, s in zip(folder.checkpoints, folder.steps)]
+    pairs = zip(folder.checkpoints, folder.steps, strict=True)
+    alone = [check_one(as_discovered(path, step)) for path, step in pairs]
     return [*alone, check_run(folder)]
 
 
@@ -273,9 +274,7 @@ def test_a_module_far_behind_its_peers_is_named(lora_runs, seed):
         assert found[0].evidence["decades_from_median"] < -1.5 * peers  # measured <= -3.75
     # The other seven modules sit close to their median (measured within 0.27 decades).
     ckpt = as_discovered(run.checkpoints[-1], run.steps[-1])
-    sizes = {
-        m.module: adapter_rules._product_norm(ckpt, m) for m in lora_modules(_stats(ckpt))
-    }
+    sizes = {m.module: adapter_rules._product_norm(ckpt, m) for m in lora_modules(_stats(ckpt))}
     assert len(sizes) == 8  # c_attn, c_fc and both c_proj (attention, MLP) in 2 blocks
     healthy = [v for k, v in sizes.items() if k != C_ATTN[1]]
     median = statistics.median(sizes.values())

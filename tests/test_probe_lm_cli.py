@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,9 @@ def test_hf_weights_are_read_by_diag_not_torch_load(
 
 
 def test_hf_refusals_are_one_line(hf_run: LmRun, tmp_path: Path) -> None:
+    from diag.errors import DiagError
+    from diag.loaders.probe_inputs import open_probe
+
     no_tokenizer = tmp_path / "no_tokenizer"
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -214,7 +218,11 @@ def test_hf_refusals_are_one_line(hf_run: LmRun, tmp_path: Path) -> None:
         (tmp_path, text, "no config.json"),
     )
     for folder, batch, expected in cases:
-        proc = diag("check", "--model", f"hf:{folder}", "--batch", str(batch))
-        assert proc.returncode == 2, (folder, proc.stdout)
-        assert proc.stderr.startswith("diag: error: ") and expected in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        with pytest.raises(DiagError, match=re.escape(expected)) as caught:
+            open_probe(f"hf:{folder}", str(batch))
+        assert "\n" not in str(caught.value)
+    # and through the CLI: exit 2, one line on stderr, no traceback
+    proc = diag("check", "--model", f"hf:{custom}", "--batch", str(text))
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.startswith("diag: error: ") and "auto_map" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -282,6 +282,12 @@ def seeds(name: str) -> Seeds:
     return BUILDERS[name]()
 
 
+# The split formats added in issue 13 keep their seed builders in their own file.
+from seeds_splits import BUILDERS as _SPLIT_FORMAT_BUILDERS  # noqa: E402
+
+BUILDERS.update(_SPLIT_FORMAT_BUILDERS)
+
+
 def main(out: Path) -> None:
     for name, build in BUILDERS.items():
         folder = out / name

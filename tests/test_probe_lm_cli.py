@@ -226,3 +226,28 @@ def test_hf_refusals_are_one_line(hf_run: LmRun, tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout
     assert proc.stderr.startswith("diag: error: ") and "auto_map" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_trainer_checkpoint_folder(hf_run: LmRun, tmp_path: Path) -> None:
+    """`hf:out/checkpoint-N` as Trainer writes it (optimizer, scheduler, state beside it)."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    from diag.loaders.probe_inputs import open_probe
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_run.hf_folder, local_files_only=True)
+    model = GPT2LMHeadModel.from_pretrained(hf_run.hf_folder, local_files_only=True)
+    rows = torch.load(hf_run.batch, weights_only=True)
+    examples = [{"input_ids": row, "labels": row} for row in rows]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, save_steps=2, per_device_train_batch_size=2,
+        report_to=[], use_cpu=True, learning_rate=1e-3, logging_steps=1,
+    )  # fmt: skip
+    Trainer(model=model, args=arguments, train_dataset=examples, processing_class=tokenizer).train()
+    folder = tmp_path / "out" / "checkpoint-2"
+    batch = write_jsonl(tmp_path / "batch.jsonl", [{"text": t} for t in docstring_texts(3_000)])
+    probe = open_probe(f"hf:{folder}", str(batch))
+    assert probe.causal and probe.loss_name == "cross_entropy (next token, labels shifted)"
+    trained = model.state_dict()
+    for name, tensor in probe.model.state_dict().items():
+        assert torch.equal(tensor, trained[name].float()), name
+    assert any("sequences of up to" in note for note in probe.notes)

@@ -466,3 +466,18 @@ def test_the_config_is_read_as_hyperparameters(tmp_path: Path) -> None:
     assert found == [
         ("test-set-selection", "hyperparameter metric_for_best_model", "test_accuracy")
     ]
+
+
+def test_the_run_folder_alone_is_enough(wandb_runs) -> None:
+    """`diag check FOLDER` with no flag finds the W&B run in it and the same finding."""
+    root, _ = wandb_runs
+    folder = root / "nan"
+    outcome = hs.run_diag([str(folder), "--format", "json", "--quiet"], cwd=folder)
+    hs.check_invariants(outcome, allowed=[folder])
+    report = json.loads(outcome.stdout)
+    assert report["metadata"]["run"]["layout"] == "W&B"
+    assert [f["rule"] for f in report["findings"]] == ["loss-nonfinite"]
+    assert report["findings"][0]["location"]["step"] == NAN_STEP
+    healthy = root / "healthy"
+    outcome = hs.run_diag([str(healthy), "--format", "json", "--quiet"], cwd=healthy)
+    assert outcome.returncode == 0 and json.loads(outcome.stdout)["findings"] == []

@@ -435,7 +435,9 @@ def batch_mixing(probe: Probe) -> Iterator[Finding]:
     A `view`/`reshape` or `permute` that moves the batch dimension, a normalisation over
     the batch computed even in eval mode, or `x - x.mean(0)` lets samples see each
     other. Training then learns from mixed samples, and predictions depend on what else
-    is in the batch: a model evaluated one sample at a time behaves differently.
+    is in the batch: a model evaluated one sample at a time behaves differently. A
+    language model whose attention sees later tokens learns to copy the next token: its
+    training loss falls far below what it can do when generating, where no future exists.
 
     ## How to fix
     Check every reshape after the first layer keeps dimension 0 as the batch

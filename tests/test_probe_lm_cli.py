@@ -251,3 +251,31 @@ def test_trainer_checkpoint_folder(hf_run: LmRun, tmp_path: Path) -> None:
     for name, tensor in probe.model.state_dict().items():
         assert torch.equal(tensor, trained[name].float()), name
     assert any("sequences of up to" in note for note in probe.notes)
+
+
+def test_text_batch_layout(tmp_path: Path) -> None:
+    """Prompt tokens and padding carry no loss; completions do; ids stay under the limit."""
+    from lm_support import build_tokenizer
+
+    from diag.loaders.text_batch import IGNORE, read_text_batch
+
+    tokenizer = build_tokenizer(tmp_path / "tokenizer")
+    prompt, completion = "Return the sum of", " the items in a list."
+    batch = write_jsonl(
+        tmp_path / "batch.jsonl",
+        [{"prompt": prompt, "completion": completion}, {"text": "x" * 500}],
+    )
+    notes: list[str] = []
+    inputs, labels = read_text_batch(str(batch), tokenizer, 16, notes)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert ids.shape == labels.shape == (2, 16)  # the long text cut at the model's limit
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    n_all = n_prompt + len(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    assert (labels[0, :n_prompt] == IGNORE).all()
+    assert torch.equal(labels[0, n_prompt:n_all], ids[0, n_prompt:n_all])
+    assert (labels[0, n_all:] == IGNORE).all() and (mask[0, n_all:] == 0).all()
+    assert mask[1].all() and torch.equal(labels[1], ids[1])
+    assert notes == [
+        f"{batch}: 2 sequences of up to 16 tokens (prompt+completion and text), encoded with "
+        "the model folder's tokenizer (at most 8 x 16)"
+    ]

@@ -221,6 +221,8 @@ def test_hf_refusals_are_one_line(hf_run: LmRun, tmp_path: Path) -> None:
         with pytest.raises(DiagError, match=re.escape(expected)) as caught:
             open_probe(f"hf:{folder}", str(batch))
         assert "\n" not in str(caught.value)
+    with pytest.raises(DiagError, match="a text batch needs a tokenizer: use --model hf:DIR"):
+        open_probe(f"{hf_run.factories}:healthy", str(text))
     # and through the CLI: exit 2, one line on stderr, no traceback
     proc = diag("check", "--model", f"hf:{custom}", "--batch", str(text))
     assert proc.returncode == 2, proc.stdout

@@ -53,6 +53,11 @@ def open_probe(
         model, inputs, targets, causal = _open_hf(model_spec, batch_path, checkpoint, notes)
         model_format = "hugging face config"
     else:
+        if Path(batch_path).suffix.lower() in (".txt", ".jsonl"):
+            raise UsageError(
+                f"--batch {batch_path}: a text batch needs a tokenizer: use --model hf:DIR "
+                "(a folder with config.json and tokenizer files), or save token ids with torch.save"
+            )
         model, causal, model_format = build_model(model_spec), None, "python factory"
         if checkpoint is not None:
             _load(model, checkpoint, model_spec, notes)

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Iterator
 from typing import Any
 
+from diag.history import intervals_unchanged
 from diag.loaders.adapters import lora_name
 from diag.loaders.checkpoint import Checkpoint
 from diag.loaders.onnx_graph import INPUT, OUTPUT
@@ -436,11 +437,13 @@ def init_scale(
 
 @rule(
     name="stuck-parameter", group=GROUP, severity=Severity.WARNING,
-    needs=("checkpoint",), uses=("updates",),
+    needs=("checkpoint",), uses=("updates", "trajectories", "init"),
 )  # fmt: skip
 def stuck_parameter(
     checkpoint: Checkpoint,
     updates: dict[str, UpdateStats] | None,
+    trajectories: Any = None,
+    init: Checkpoint | None = None,
     *,
     rtol: float = 1e-5,
     atol: float = 1e-8,
@@ -454,7 +457,11 @@ def stuck_parameter(
     - from the optimizer state saved in the checkpoint (Adam/AdamW, SGD with momentum): a
       parameter the optimizer holds but has no state for (it never received a gradient),
       or whose second-moment estimate is all zero (only zero gradients);
-    - BatchNorm running statistics still at their initial 0 and 1 after training.
+    - BatchNorm running statistics still at their initial 0 and 1 after training;
+    - over a run folder of three or more checkpoints: a parameter that moved, then stayed
+      bit for bit the same over the last two or more checkpoints while most of the model
+      kept moving (frozen part-way through the run).
+    Without `--init`, a run folder's first checkpoint is the reference.
     A parameter the optimizer was given but never updated is an error; one that is merely
     unchanged since `--init` is a warning, since layers are sometimes frozen on purpose.
 
@@ -486,11 +493,18 @@ def stuck_parameter(
             if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0 or _lora(s):
                 continue
             if u.identical or u.max_abs_delta <= atol + rtol * max(abs(s.min), abs(s.max)):
+                # Without --init, the movement was measured from the run's first checkpoint.
+                since = "--init" if init is not None else "the run's first checkpoint"
+                if init is None and trajectories is not None:
+                    since = f"{trajectories.labels[0]}, the run's first checkpoint"
                 found[name] = (
-                    "unchanged since --init although other parameters moved",
+                    f"unchanged since {since} although other parameters moved",
                     {"max_abs_delta": u.max_abs_delta, "init_norm": u.init_norm},
                     Severity.WARNING,
                 )
+    if trajectories is not None:
+        for name, why in stopped_moving(trajectories, checkpoint.stats).items():
+            found.setdefault(name, (why[0], why[1], Severity.WARNING))
     opt = checkpoint.optimizer
     if opt is not None and opt.mapped and any(p.has_state for p in opt.params.values()):
         for name, p in opt.params.items():
@@ -517,6 +531,35 @@ def stuck_parameter(
     for name, (message, evidence, severity) in found.items():
         yield Finding(message, _at(checkpoint, name), evidence, severity=severity)
     yield from _stale_batchnorm(checkpoint, trained)
+
+
+def stopped_moving(
+    trajectories: Any, stats: dict[str, TensorStats], min_intervals: int = 2
+) -> dict[str, tuple[str, dict]]:
+    """Parameters that moved early in the run, then stayed bit for bit the same over its
+    last `min_intervals` or more intervals while most other parameters kept moving (frozen
+    part-way: an optimizer rebuilt without them, `requires_grad` switched off by a callback)."""
+    paths = trajectories.tensors
+    if not paths:
+        return {}
+    last_moved = [not p.unchanged[-1] for p in paths.values() if p.unchanged]
+    if sum(last_moved) < 0.5 * len(last_moved):
+        return {}  # most of the model stood still at the end: nothing to compare with
+    out = {}
+    for name, path in paths.items():
+        s = stats.get(name)
+        if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0 or _lora(s):
+            continue
+        still = intervals_unchanged(path)
+        if still < min_intervals or still == len(path.unchanged):
+            continue  # never moved at all: the comparison with the reference says so
+        since = trajectories.labels[path.members[-still - 1]]
+        out[name] = (
+            f"stopped moving at {since}: bit for bit the same over the last {still} "
+            "checkpoints while other parameters kept moving",
+            {"stopped_at": since, "unchanged_intervals": still},
+        )
+    return out
 
 
 def _training_happened(checkpoint: Checkpoint, updates: dict[str, UpdateStats] | None) -> bool:

@@ -255,3 +255,21 @@ def test_checkpoints_further_down_as_lightning_writes_them_with_wandb(tmp_path: 
     found = discover(tmp_path)
     assert [e.path.parent.parent.name for e in found.checkpoints] == ["new2", "new2"]
     assert {f.path: f.role for f in found.files}["project/old1/checkpoints"] == "not read"
+
+
+def test_a_layer_frozen_part_way_through_the_run(tmp_path: Path) -> None:
+    """stuck-parameter judges the whole run: fc1 moves, then stops at the third checkpoint."""
+    states = _trajectory(6)
+    for state in states[3:]:
+        state["fc1.weight"] = states[2]["fc1.weight"].clone()
+    for i, state in enumerate(states):
+        torch.save(state, tmp_path / f"ckpt_{i * 100:06d}.pt")
+    report = _json(tmp_path, "--select", "stuck-parameter")
+    (stuck,) = report["findings"]
+    assert stuck["location"]["object"] == "fc1.weight"
+    assert stuck["evidence"]["stopped_at"] == "ckpt_000200.pt"
+    assert stuck["evidence"]["unchanged_intervals"] == 3
+    # the same run with every layer moving to the end: nothing
+    for i, state in enumerate(_trajectory(6)):
+        torch.save(state, tmp_path / f"ckpt_{i * 100:06d}.pt")
+    assert _json(tmp_path, "--select", "stuck-parameter")["findings"] == []

@@ -44,9 +44,9 @@ class LmData:
     eval: Any
 
 
-def lm_data(folder: Path) -> LmData:
+def lm_data(folder: Path, vocab_size: int = 512) -> LmData:
     """A BPE trained on docstrings (saved to `folder`) and the docstrings as token rows."""
-    tokenizer = build_tokenizer(folder, vocab_size=512)
+    tokenizer = build_tokenizer(folder, vocab_size=vocab_size)
     rows = lm_batches(tokenizer, docstring_texts(DOCSTRING_CHARS), block=BLOCK)
     return LmData(tokenizer, rows[EVAL_ROWS:], rows[:EVAL_ROWS])
 
@@ -132,9 +132,9 @@ def hf_trainer_run(
     report_to: str = "none",
     nan_after: int | None = None,
     final: str | None = None,
-    max_steps: int = 10,
-    save_steps: int = 2,
-    learning_rate: float = 2e-3,
+    max_steps: int = 20,
+    save_steps: int = 4,
+    learning_rate: float = 1e-2,
 ) -> RunFolder:
     """transformers.Trainer on the tiny GPT-2: `checkpoint-N/` every `save_steps` steps.
 
@@ -154,6 +154,7 @@ def hf_trainer_run(
         save_steps=save_steps,
         report_to=report_to,
         learning_rate=learning_rate,
+        warmup_steps=0,  # a warm-up this short run would spend flat looks like a plateau
     )
     planted: dict[str, Any] = {}
     callbacks = []
@@ -356,6 +357,7 @@ def lightning_run(
         callbacks=[ModelCheckpoint(every_n_epochs=1, save_top_k=-1)],
         enable_progress_bar=False,
         enable_model_summary=False,
+        num_sanity_val_steps=0,
         log_every_n_steps=5,
         deterministic=True,
     )

@@ -6,7 +6,7 @@ planted fault is caught by its rule: a custom backward that halves the gradient
 switched off in one block (batch-mixing, across positions), a model that zeroes its
 token ids (input-independence, and overfit-one-batch), N(0, 1) output embeddings at init
 (init-loss). The margins asserted hold over seeds 0-2 and the default, AVX2 and AVX-512
-SIMD kernels (measured: see the numbers next to each assert).
+SIMD kernels: the numbers next to each assert are the worst over those 9 runs.
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ def test_healthy_gpt_gives_no_warning(lm_runs: Any, seed: int) -> None:
     probe = checked.probe
     assert probe.loss_name == "cross_entropy (next token)" and probe.causal
     worst = max(g.relative_error for g in checked.gradients)
-    assert worst < MISMATCH_RTOL / 100  # measured <= 2.3e-5
+    assert worst < MISMATCH_RTOL / 100  # measured <= 2.0e-5
     numbers = measure(probe, ("mixing", "independence", "init", "activations"))
     assert numbers["mixing_ratio"] == 0.0 and numbers["future_ratio"] == 0.0  # exact zeros
-    assert numbers["input_dependence"] > 0.1  # measured >= 0.9; the rule needs 1e-4
-    assert numbers["init_loss_deviation"] < 0.05  # measured <= 0.004 of ln(vocab); fires at 0.5
+    assert numbers["input_dependence"] > 0.1  # measured >= 1.2; the rule needs 1e-4
+    assert numbers["init_loss_deviation"] < 0.05  # measured <= 0.002 of ln(vocab); fires at 0.5
     assert numbers["saturated"] == 0.0 and numbers["dead_fraction"] < 0.5
 
 
@@ -82,7 +82,7 @@ def test_halved_backward_is_a_gradient_mismatch(lm_runs: Any, seed: int) -> None
     worst = min(
         f.evidence["relative_error"] for f in result.findings if ".h.1.mlp." in f.location.object
     )
-    assert worst > 20 * MISMATCH_RTOL  # measured >= 0.49
+    assert worst > 20 * MISMATCH_RTOL  # measured 0.50 on every run
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -99,7 +99,7 @@ def test_attention_seeing_the_future_is_batch_mixing(lm_runs: Any, seed: int) ->
     result, _ = run_check(lm_runs(seed), "sees_future", ["batch-mixing"])
     (finding,) = result.findings
     assert finding.location.object == "sequence positions"
-    assert finding.evidence["worst_ratio"] > 1e4 * LEAK_RTOL  # measured >= 0.1
+    assert finding.evidence["worst_ratio"] > 1e4 * LEAK_RTOL  # measured >= 0.11
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -109,7 +109,7 @@ def test_model_ignoring_its_tokens_is_input_independent(lm_runs: Any, seed: int)
     )
     by_rule = {f.rule: f for f in result.findings}
     assert by_rule["input-independence"].evidence["change_when_zeroed"] < 1e-10  # 1e-4 fires
-    assert by_rule["overfit-one-batch"].evidence["ratio"] > 0.1  # measured >= 0.2; target 0.05
+    assert by_rule["overfit-one-batch"].evidence["ratio"] > 0.1  # measured >= 0.15; target 0.05
     # No embedding reads the batch's ids any more: batch-mixing says it could not check.
     assert by_rule["batch-mixing"].severity.name == "INFO"
     assert "no embedding reads" in by_rule["batch-mixing"].message
@@ -122,5 +122,5 @@ def test_huge_initial_logits_are_an_init_loss(lm_runs: Any, seed: int) -> None:
     (finding,) = result.findings
     vocab = finding.evidence["classes"]
     assert finding.evidence["expected"] == pytest.approx(math.log(vocab))
-    # fires above 1.5 ln(vocab); measured >= 9 ln(vocab) above it
+    # fires above 1.5 ln(vocab); measured >= 10.2 ln(vocab)
     assert finding.evidence["initial_loss"] > 4 * math.log(vocab)

@@ -140,27 +140,30 @@ def _perturbed_outputs(probe: Probe) -> tuple[Any, Any, Any]:
     batch = probe.batch_size
     perm = torch.randperm(batch, generator=torch.Generator().manual_seed(0))
 
-    def mapped(fn: Any, floats_only: bool = False) -> Any:
-        def one(v: torch.Tensor) -> torch.Tensor:
-            if v.ndim == 0 or v.shape[0] != batch or (floats_only and not v.is_floating_point()):
+    def mapped(fn: Any, keep: Any = lambda name, v: False) -> Any:
+        def one(name: Any, v: torch.Tensor) -> torch.Tensor:
+            if v.ndim == 0 or v.shape[0] != batch or keep(name, v):
                 return v
             return fn(v)
 
-        return (
-            {k: one(v) for k, v in inputs.items()}
-            if isinstance(inputs, dict)
-            else (tuple(one(v) for v in inputs))
-        )
+        if isinstance(inputs, dict):
+            return {k: one(k, v) for k, v in inputs.items()}
+        return tuple(one(i, v) for i, v in enumerate(inputs))
+
+    def integer(name: Any, v: torch.Tensor) -> bool:
+        return not v.is_floating_point()
+
+    def mask(name: Any, v: torch.Tensor) -> bool:
+        return "mask" in str(name)  # an all-zero attention mask hides every token
 
     with torch.no_grad(), embedding_tap(model) as tap:
         out = probe.logits(model, inputs)
         tap.arm("zero", token_tensors(inputs, batch))
-        zero_floats = mapped(torch.zeros_like, floats_only=True)
-        zeroed = probe.logits(model, zero_floats)
+        zeroed = probe.logits(model, mapped(torch.zeros_like, keep=integer))
         if not tap.hits and token_tensors(inputs, batch):
             # integers no embedding reads (indices, one-hot positions): zeroed as they are
             tap.arm("off", [])
-            zeroed = probe.logits(model, mapped(torch.zeros_like))
+            zeroed = probe.logits(model, mapped(torch.zeros_like, keep=mask))
         tap.arm("off", [])
         shuffled = probe.logits(model, mapped(lambda v: v[perm]))[torch.argsort(perm)]
     return out, zeroed, shuffled

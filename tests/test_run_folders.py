@@ -140,7 +140,9 @@ def test_numbered_checkpoints_are_named_as_their_libraries_name_them(folders):
     names = [p.name for p in folders["keras"].checkpoints]
     assert all(n.startswith(f"weights.{e:02d}-") for e, n in zip((1, 2, 3, 4), names, strict=True))
     losses = [float(n.split("-")[1].removesuffix(".safetensors")) for n in names]
-    assert losses == sorted(losses, reverse=True)  # a validation loss that falls
+    # The validation loss in each name: it falls over the run, not at every epoch (on
+    # avx2 kernels seed 2 went 1.05 -> 1.30 at epoch 4).
+    assert losses[-1] < 0.7 * losses[0]
 
 
 # ---------------------------------------------------------------- diag check RUN_DIR

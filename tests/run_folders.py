@@ -240,7 +240,7 @@ def lora_run(
         layer = int(block.group(1)) if block else None
         if "lora_B" in name and layer in stuck_layers:
             param.requires_grad_(False)
-            stuck.append(name)
+            stuck.append(name.removeprefix("base_model.model.").split(".lora_B")[0])
         elif param.requires_grad:
             (slow if "c_attn.lora" in name and layer in slow_layers else rest).append(param)
     optimizer = None
@@ -375,7 +375,7 @@ def lightning_run(
         planted["nan"] = {
             "tensor": "fc2.weight",
             "epoch": nan_epoch,
-            "first_checkpoint": found[nan_epoch],
+            "first_checkpoint_step": steps[nan_epoch],
         }
     return RunFolder(out, "lightning", tuple(found), steps, planted, seconds)
 

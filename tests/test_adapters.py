@@ -201,6 +201,7 @@ def test_healthy_adapters_are_silent_at_every_checkpoint(lora_runs, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_every_b_frozen_is_one_lora_stuck_error(lora_runs, seed):
     run = lora_runs["stuck", seed]
+    assert run.planted["frozen_lora_B"] == C_ATTN
     for found in every_check(run):
         assert [(f.rule, f.location.object) for f in found] == [("lora-stuck", "lora_B")]
         assert found[0].severity == Severity.ERROR

@@ -34,7 +34,7 @@ class EmbeddingTap:
 
     `mode` is "leaf" (the output becomes a leaf that requires grad, collected in `leaves`),
     "zero" (the output becomes zeros) or "off". `ids` are the tensors being fed now: an
-    embedding acts only when its input shares their storage, which a `.view()` inside
+    embedding acts only when its input shares their storage, which a view or slice inside
     the model keeps and a tensor made inside it (positions, `zeros_like(ids)`) does not.
     """
 
@@ -63,8 +63,9 @@ class EmbeddingTap:
 
         if not args or not isinstance(args[0], torch.Tensor):
             return False
-        ids = args[0]
-        return any(ids.data_ptr() == t.data_ptr() and ids.numel() == t.numel() for t in self.ids)
+        # The same storage: the batch's ids, or a view or slice of them (`ids[:, :-1]`).
+        storage = args[0].untyped_storage().data_ptr()
+        return any(storage == t.untyped_storage().data_ptr() for t in self.ids)
 
     def _hook(self, module: Any, args: tuple, output: Any) -> Any:
         import torch

@@ -483,14 +483,24 @@ def stuck_parameter(
     `.data`, `torch.no_grad()`, numpy round trips and integer casts. Check that it is in
     `model.parameters()` when the optimizer is created, and call `model.train()` before the
     training loop. If the layer is frozen on purpose, ignore the rule for it.
+
+    ## Adapters
+    In a peft model (a checkpoint holding LoRA factors) the base weights are frozen by
+    design, and an optimizer built from `model.parameters()` holds them without state:
+    only the `modules_to_save` copies are judged here, and the LoRA factors are left to
+    `lora-stuck`. Measured on a Lightning run of a peft LoRA: the six frozen base tensors
+    were all reported as "never received a gradient" before this exemption.
     """
     trained = _training_happened(checkpoint, updates)
+    peft = _adapted(checkpoint.stats)
     found: dict[str, tuple[str, dict, Severity]] = {}
     if updates and trained:
         for name, u in updates.items():
             s = checkpoint.stats.get(name)
             # An empty tensor (a graph's unused Resize roi) has nothing that could move.
-            if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0 or _lora(s):
+            if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0:
+                continue
+            if not _trained_by_design(name, peft):
                 continue
             if u.identical or u.max_abs_delta <= atol + rtol * max(abs(s.min), abs(s.max)):
                 # Without --init, the movement was measured from the run's first checkpoint.
@@ -508,8 +518,8 @@ def stuck_parameter(
     opt = checkpoint.optimizer
     if opt is not None and opt.mapped and any(p.has_state for p in opt.params.values()):
         for name, p in opt.params.items():
-            if lora_name(name) is not None:
-                continue  # lora-stuck names the adapter, once
+            if not _trained_by_design(name, peft):
+                continue
             evidence = dict(found.get(name, ("", {}, Severity.WARNING))[1])
             if not p.has_state:
                 evidence["optimizer_state"] = False
@@ -546,9 +556,12 @@ def stopped_moving(
     if sum(last_moved) < 0.5 * len(last_moved):
         return {}  # most of the model stood still at the end: nothing to compare with
     out = {}
+    peft = _adapted(stats)
     for name, path in paths.items():
         s = stats.get(name)
-        if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0 or _lora(s):
+        if s is None or s.kind not in TRAINABLE_KINDS or s.numel == 0:
+            continue
+        if not _trained_by_design(name, peft):
             continue
         still = intervals_unchanged(path)
         if still < min_intervals or still == len(path.unchanged):
@@ -560,6 +573,20 @@ def stopped_moving(
             {"stopped_at": since, "unchanged_intervals": still},
         )
     return out
+
+
+def _adapted(stats: dict[str, TensorStats]) -> bool:
+    """Whether the checkpoint is a peft model: it holds LoRA factors."""
+    return any(lora_name(name) is not None for name in stats)
+
+
+def _trained_by_design(name: str, peft: bool) -> bool:
+    """Whether a parameter is meant to move. LoRA factors are `lora-stuck`'s to judge; in a
+    peft model everything else is frozen on purpose (the base weights, the `original_module`
+    copy of a head), except the `modules_to_save` copies, which train in full."""
+    if lora_name(name) is not None:
+        return False
+    return not peft or ".modules_to_save." in name
 
 
 def _training_happened(checkpoint: Checkpoint, updates: dict[str, UpdateStats] | None) -> bool:

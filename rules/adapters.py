@@ -37,16 +37,18 @@ class LoraModule:
 def lora_modules(stats: Mapping[str, TensorStats]) -> list[LoraModule]:
     """The adapted modules of a checkpoint, in file order, each with both factors."""
     parts: dict[tuple[str, str | None], dict[str, TensorStats]] = {}
+    shown_as: dict[str, str] = {}
     for name, s in stats.items():
         lora = lora_name(name)
         if lora is not None:
             parts.setdefault((lora.prefix, lora.adapter), {})[lora.part] = s
+            shown_as[lora.prefix] = lora.module
     out = []
     for (prefix, adapter), factors in parts.items():
         if "A" not in factors or "B" not in factors:
             continue
         base = stats.get(f"{prefix}.base_layer.weight")
-        shown = prefix.removeprefix("base_model.model.")
+        shown = shown_as[prefix]
         if adapter is not None and adapter != "default":
             shown = f"{shown} [{adapter}]"
         out.append(LoraModule(shown, factors["A"], factors["B"], base))

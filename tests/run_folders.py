@@ -276,7 +276,50 @@ def lora_run(
     return RunFolder(out, "peft-lora", checkpoints, steps, planted, seconds, extra)
 
 
-def _digits_module(frozen: str | None, nan_epoch: int | None, seed: int) -> Any:
+def _mlp() -> Any:
+    from torch import nn
+
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x: Any) -> Any:
+            return self.out(nn.functional.relu(self.fc2(nn.functional.relu(self.fc1(x)))))
+
+    return Mlp()
+
+
+def _mlp_with_head() -> Any:
+    """The same MLP with its last layer named `head`: peft matches `modules_to_save` by the
+    end of a module's name, and "out" would also match peft's own `lora_dropout`."""
+    from torch import nn
+
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.head = nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(nn.functional.relu(self.fc2(nn.functional.relu(self.fc1(x)))))
+
+    return Mlp()
+
+
+def _with_lora(mlp: Any, lora: str) -> Any:
+    """peft LoRA on fc1 and fc2, the head trained in full; "frozen_b" freezes every lora_B."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["fc1", "fc2"], modules_to_save=["head"])
+    model = get_peft_model(mlp, config)
+    if lora == "frozen_b":
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.requires_grad_(False)
+    return model
+
+
+def _digits_module(frozen: str | None, nan_epoch: int | None, lora: str | None, seed: int) -> Any:
     import lightning as L
     import torch
     from torch import nn
@@ -286,13 +329,21 @@ def _digits_module(frozen: str | None, nan_epoch: int | None, seed: int) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            self.save_hyperparameters({"lr": 0.05, "frozen": frozen, "nan_epoch": nan_epoch})
+            self.save_hyperparameters(
+                {"lr": 0.05, "frozen": frozen, "nan_epoch": nan_epoch, "lora": lora}
+            )
             torch.manual_seed(seed)
-            self.fc1, self.fc2, self.out = nn.Linear(64, 64), nn.Linear(64, 32), nn.Linear(32, 10)
+            if lora:
+                self.net = _with_lora(_mlp_with_head(), lora)
+            else:
+                mlp = _mlp()
+                self.fc1, self.fc2, self.out = mlp.fc1, mlp.fc2, mlp.out
             if frozen:
                 self.get_submodule(frozen).requires_grad_(False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if lora:
+                return self.net(x.flatten(1))
             x = torch.relu(self.fc1(x.flatten(1)))
             return self.out(torch.relu(self.fc2(x)))
 
@@ -326,12 +377,15 @@ def lightning_run(
     epochs: int = 4,
     frozen: str | None = None,
     nan_epoch: int | None = None,
+    lora: str | None = None,
 ) -> RunFolder:
     """lightning.Trainer on the digits with its TensorBoard logger and a CSVLogger, both in
     `lightning_logs/version_0/`, and a `.ckpt` after every epoch.
 
     `frozen="fc1"` freezes that layer by mistake (it stays in the optimizer, which keeps
     no state for it); `nan_epoch=k` writes a NaN into `fc2.weight` at the end of epoch k.
+    `lora="healthy"` trains a peft LoRA (r 4) on fc1 and fc2 of the MLP, now `self.net`,
+    with the head in full; `lora="frozen_b"` freezes every `lora_B` by mistake.
     """
     import lightning as L
     import torch
@@ -361,7 +415,7 @@ def lightning_run(
         log_every_n_steps=5,
         deterministic=True,
     )
-    model = _digits_module(frozen, nan_epoch, seed)
+    model = _digits_module(frozen, nan_epoch, lora, seed)
     start = time.perf_counter()
     trainer.fit(model, train, val)
     seconds = time.perf_counter() - start
@@ -371,6 +425,8 @@ def lightning_run(
     planted: dict[str, Any] = {}
     if frozen:
         planted["frozen"] = f"{frozen}.weight"
+    if lora == "frozen_b":
+        planted["frozen_lora_B"] = ["fc1", "fc2"]
     if nan_epoch is not None:
         planted["nan"] = {
             "tensor": "fc2.weight",

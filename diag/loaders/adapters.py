@@ -142,4 +142,6 @@ def lora_name(name: str) -> LoraName | None:
     if match is None:
         return None
     module = match["module"]
-    return LoraName(module.removeprefix(PEFT_PREFIX), match["part"], match["adapter"], module)
+    # A wrapper may nest the peft model further (Lightning's `model.base_model.model...`).
+    shown = module.split(PEFT_PREFIX, 1)[-1]
+    return LoraName(shown, match["part"], match["adapter"], module)

@@ -40,6 +40,12 @@ def lm_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return lambda seed: shared_run(base, seed)
 
 
+PROBE_RULES = {
+    "gradient-mismatch", "gradient-disconnected", "batch-mixing", "init-loss",
+    "saturated-activations", "overfit-one-batch", "input-independence", "dead-units",
+}  # fmt: skip
+
+
 def run_check(run: LmRun, factory: str, select: list[str], init: Path | None = None) -> Any:
     options = CheckOptions(
         checkpoint=str(run.checkpoint),
@@ -61,7 +67,7 @@ def test_healthy_gpt_gives_no_warning(lm_runs: Any, seed: int) -> None:
     result, checked = run_check(run, "healthy", ["grads", "dead-units"], init=run.init)
     assert not loud(result), [f.message for f in loud(result)]
     assert not result.errors, result.errors
-    assert not result.skipped  # every probe rule applied, init-loss included
+    assert set(result.metadata["timings"]) >= PROBE_RULES  # all ran, init-loss included
     probe = checked.probe
     assert probe.loss_name == "cross_entropy (next token)" and probe.causal
     worst = max(g.relative_error for g in checked.gradients)

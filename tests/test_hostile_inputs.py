@@ -257,7 +257,7 @@ def test_directory_without_a_model_is_refused(tmp_path):
     folder = tmp_path / "nothing_here"
     folder.mkdir()
     (folder / "README.md").write_text("no weights\n")
-    assert_refused(folder, "folder holds no")
+    assert_refused(folder, "no checkpoints or training logs found")
 
 
 def test_missing_path_is_refused(tmp_path):

@@ -105,7 +105,10 @@ def gpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sys.path.remove(str(root))
         sys.modules.pop("gpt", None)
     torch.manual_seed(0)
-    torch.save(module.build().state_dict(), root / "gpt.pt")
+    state = module.build().state_dict()
+    torch.save(state, root / "gpt.pt")
+    # A ReLU MLP pushed below zero everywhere: its units never fire on any token.
+    torch.save({**state, "blocks.1.up.bias": torch.full((128,), -100.0)}, root / "dead.pt")
     torch.save(torch.randint(0, 512, (4, 64), generator=torch.Generator().manual_seed(0)),
                root / "batch.pt")  # fmt: skip
     return root
@@ -129,6 +132,17 @@ def test_gpt_factory_with_token_batch_and_no_loss(gpt: Path) -> None:
     assert model["loss"] == "cross_entropy (next token)"
     ran = set(report["metadata"]["timings"])
     assert {"gradient-mismatch", "batch-mixing", "overfit-one-batch", "dead-units"} <= ran
+
+
+def test_dead_mlp_units_in_a_gpt(gpt: Path) -> None:
+    proc = diag(
+        "check", str(gpt / "dead.pt"), "--model", f"{gpt / 'gpt.py'}:build",
+        "--batch", str(gpt / "batch.pt"), "--format", "json", "--quiet", "--select", "dead-units",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    (finding,) = json.loads(proc.stdout)["findings"]
+    assert finding["location"]["object"] == "blocks.1.up.weight"
+    assert finding["evidence"]["dead"] == 128 and finding["evidence"]["observations"] == 4 * 64
 
 
 def test_gpt_factory_without_causal_mask_is_caught(gpt: Path) -> None:

@@ -142,18 +142,26 @@ def _figure(
 def _line(curve: Curve, css: str, sx: Any, sy: Any, log_scale: bool) -> Line:
     steps, values = _thin(curve.steps.astype(np.float64), curve.values)
     ok = np.isfinite(values) & ((values > 0) if log_scale else True)
-    segments, current = [], []
-    for s, v, good in zip(steps, values, ok, strict=True):
+    segments = polyline_segments(zip(steps, values, ok, strict=True), sx, sy)
+    sparse = len(curve) <= 120
+    dots = tuple((sx(s), sy(v)) for s, v, g in zip(steps, values, ok, strict=True) if g)
+    return Line(curve.name, css, segments, dots if sparse else ())
+
+
+def polyline_segments(points: Iterable[tuple[Any, Any, Any]], sx: Any, sy: Any) -> tuple[str, ...]:
+    """SVG polyline `points` strings from (x, y, drawable) triples, split at the points
+    that cannot be drawn (NaN, or not positive on a log scale)."""
+    segments: list[str] = []
+    current: list[str] = []
+    for x, y, good in points:
         if good:
-            current.append(f"{sx(s)},{sy(v)}")
+            current.append(f"{sx(x)},{sy(y)}")
         elif current:
             segments.append(" ".join(current))
             current = []
     if current:
         segments.append(" ".join(current))
-    sparse = len(curve) <= 120
-    dots = tuple((sx(s), sy(v)) for s, v, g in zip(steps, values, ok, strict=True) if g)
-    return Line(curve.name, css, tuple(segments), dots if sparse else ())
+    return tuple(segments)
 
 
 def _thin(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

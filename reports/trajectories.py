@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diag.model import Finding
+from diag.reports.plots import polyline_segments
 
 WIDTH, HEIGHT = 900, 280
 LEFT, RIGHT, TOP, BOTTOM = 58, 16, 14, 40
@@ -120,16 +121,9 @@ def _figure(
 
     drawn = []
     for name, points in series.items():
-        segments, current = [], []
-        for x, v in points:
-            if math.isfinite(v) and (v > 0 or not log_scale):
-                current.append(f"{sx(x)},{sy(v)}")
-            elif current:
-                segments.append(" ".join(current))
-                current = []
-        if current:
-            segments.append(" ".join(current))
-        drawn.append(Path(name, "flagged" if name in flagged else "layer", tuple(segments)))
+        drawable = ((x, v, math.isfinite(v) and (v > 0 or not log_scale)) for x, v in points)
+        segments = polyline_segments(drawable, sx, sy)
+        drawn.append(Path(name, "flagged" if name in flagged else "layer", segments))
     drawn.sort(key=lambda p: p.css == "flagged")  # flagged lines drawn last, on top
     every = max(1, math.ceil(len(labels) / 10))
     xticks = tuple((sx(i), labels[i]) for i in range(0, len(labels), every))

@@ -273,3 +273,22 @@ def test_a_layer_frozen_part_way_through_the_run(tmp_path: Path) -> None:
     for i, state in enumerate(_trajectory(6)):
         torch.save(state, tmp_path / f"ckpt_{i * 100:06d}.pt")
     assert _json(tmp_path, "--select", "stuck-parameter")["findings"] == []
+
+
+def test_the_html_report_shows_the_run_and_each_layer_trajectory(tmp_path: Path) -> None:
+    import re
+
+    _hf_run(tmp_path / "out", _trajectory(5, nan_from=3), every=10, marker=tmp_path / "m")
+    html = tmp_path / "report.html"
+    _diag(tmp_path / "out", "--html", html)
+    page = html.read_text()
+    run = page.split('<section id="run"', 1)[1].split("</section>", 1)[0]
+    assert all(f"checkpoint-{s}" in run for s in (10, 20, 30, 40))
+    assert "the earliest checkpoint: no --init was given" in run
+    assert "training_args.bin" in run  # every file found, with its role
+    figures = re.findall(r'<figure class="evidence" id="trajectory-\d">.*?</figure>', run, re.S)
+    assert len(figures) == 2
+    for figure in figures:  # the layer with the NaN is drawn in colour, named on hover
+        flagged = re.findall(r'<polyline class="flagged" points="[^"]+"><title>([^<]+)', figure)
+        assert "fc2.weight" in flagged
+        assert re.search(r'<polyline class="layer" points="[^"]+"><title>fc1.weight<', figure)

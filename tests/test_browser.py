@@ -73,12 +73,33 @@ def reports(
     options["overfit"] = CheckOptions(
         checkpoint=str(saved["final"]), init=str(saved["init"]), logs=[str(logs)]
     )
+    options["run"] = CheckOptions(checkpoint=str(_run_folder(runs, out / "run")))
     paths = {}
     for name, opts in options.items():
         result, run = check(opts)
         paths[name] = out / f"{name}.html"
         paths[name].write_text(render("html", result, run), encoding="utf-8")
     return paths
+
+
+def _run_folder(runs: dict[str, dict[str, Path]], folder: Path) -> Path:
+    """A run folder of numbered checkpoints: the healthy run's init, three steps towards its
+    final weights, and the final weights with one NaN (a finding dated to a checkpoint)."""
+    import torch
+
+    from diag.loaders.checkpoint import open_checkpoint
+
+    folder.mkdir()
+    init = torch.load(runs["healthy"]["init"], weights_only=True)
+    table = open_checkpoint(runs["healthy"]["final"]).table  # the .ckpt holds a Path: ours reads it
+    final = {i.name: table.read(i.name) for i in table.infos()}
+    for k, t in enumerate((0.0, 0.3, 0.6, 1.0)):
+        state = {n: init[n] + t * (v - init[n]) if v.is_floating_point() else v
+                 for n, v in final.items()}  # fmt: skip
+        if k == 3:
+            state["fc2.weight"][0, 0] = float("nan")
+        torch.save(state, folder / f"ckpt_{k * 100:06d}.pt")
+    return folder
 
 
 @dataclass
@@ -128,7 +149,7 @@ def open_report(browser: Browser, reports: dict[str, Path]) -> Iterator[Any]:
         page.close()
 
 
-@pytest.mark.parametrize("name", ["planted", "healthy", "overfit"])
+@pytest.mark.parametrize("name", ["planted", "healthy", "overfit", "run"])
 def test_loads_offline_with_a_clean_console_and_renders(
     open_report: Any, name: str, tmp_path: Path
 ) -> None:
@@ -138,7 +159,7 @@ def test_loads_offline_with_a_clean_console_and_renders(
     width = page.locator(".verdict").evaluate("e => getComputedStyle(e).borderLeftWidth")
     assert width == "10px"
     assert opened.visible(".verdict .status")
-    assert opened.visible("table.inputs")
+    assert opened.visible("header table.inputs")
     shot = tmp_path / f"{name}.png"
     page.screenshot(path=shot, full_page=True)
     data = shot.read_bytes()
@@ -146,6 +167,30 @@ def test_loads_offline_with_a_clean_console_and_renders(
     assert len(data) > 20_000  # a rendered page, not a blank one
     assert opened.problems() == []
     assert opened.requests == [opened.url]  # the page, and nothing else from anywhere
+
+
+@pytest.mark.parametrize("name", ["planted", "overfit", "run"])
+def test_evidence_keys_never_break_across_lines(open_report: Any, name: str) -> None:
+    page = open_report(name).page
+    # The line boxes of each key's text: more than one means the key wrapped.
+    lines = page.locator("table.kv th").evaluate_all(
+        "ths => ths.map(th => { const r = document.createRange(); r.selectNodeContents(th);"
+        " return [th.textContent, r.getClientRects().length]; })"
+    )
+    assert lines, "no evidence tables"
+    broken = [key for key, count in lines if count > 1]
+    assert broken == [], f"evidence keys wrapped: {broken}"
+
+
+def test_the_run_section_draws_the_trajectories(open_report: Any) -> None:
+    page = open_report("run").page
+    checkpoints = page.locator("#run table.ledger").first.locator("tbody tr")
+    assert checkpoints.count() == 4
+    for i in (1, 2):
+        figure = page.locator(f"#trajectory-{i} svg")
+        assert figure.is_visible() and figure.bounding_box()["width"] > 400
+        assert page.locator(f"#trajectory-{i} polyline.flagged").count() >= 1
+        assert page.locator(f"#trajectory-{i} polyline.layer").count() >= 2
 
 
 def test_verdicts_of_the_real_runs(open_report: Any) -> None:

@@ -46,6 +46,15 @@ import google_crc32c
 import numpy as np
 
 from diag.errors import InputError
+from diag.loaders.logs.protowire import (
+    Malformed,
+    delimited,
+    field_key,
+    last_varint,
+    signed64,
+    skip_field,
+    varint,
+)
 from diag.loaders.logs.series import LogRun, Series
 
 EVENT_FILE_MARKER = "events.out.tfevents."
@@ -67,12 +76,8 @@ MAX_LAYOUTS = 20_000
 # Verified record headers remembered (real logs have a few hundred distinct lengths).
 _MAX_GOOD_HEADERS = 10_000
 
-# Protobuf nesting limit for skipped groups (the same default as protobuf's own parsers).
-_MAX_GROUP_DEPTH = 100
-
 _CRC_MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
-_U64 = (1 << 64) - 1
 
 _HEADER = struct.Struct("<QI")  # record length, masked CRC of the length's 8 bytes
 _U32_LE = struct.Struct("<I")
@@ -165,10 +170,6 @@ def _name_order(path: Path) -> tuple[str | int, ...]:
     parts = re.split(r"(\d+)", path.name)
     # Odd positions are always digit runs, so every position compares like with like.
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
-
-
-class _Malformed(Exception):
-    """A protobuf that cannot be decoded; becomes an InputError naming the record."""
 
 
 @dataclass
@@ -304,10 +305,10 @@ def _scan(file: Path, buf: mmap.mmap, size: int, reader: _RunReader) -> None:
                     p += 4
                 else:  # a step of 2**21 or more, or negative
                     try:
-                        raw, p = _varint(buf, p + 1, end)
-                    except _Malformed:
+                        raw, p = varint(buf, p + 1, end)
+                    except Malformed:
                         p = -1  # the general decoder will say what is wrong
-                    step = _signed64(raw) if p > 0 else 0
+                    step = signed64(raw) if p > 0 else 0
             else:
                 step = 0  # proto3 leaves out a zero step
             if p > 0:
@@ -358,7 +359,7 @@ def _decode_record(file: Path, buf: mmap.mmap, start: int, end: int, reader: _Ru
     """The general path: decode one Event and keep its scalars; learn its layout."""
     try:
         event = _decode_event(buf, start, end)
-    except _Malformed as exc:
+    except Malformed as exc:
         raise InputError(
             file, f"corrupt event file: malformed record at byte {start - 12} ({exc})"
         ) from None
@@ -388,74 +389,6 @@ class _Event:
     layout_start: int | None = None
 
 
-def _varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
-    """An unsigned varint at `pos` -> (value as u64, position after it)."""
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise _Malformed("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & _U64, pos
-        shift += 7
-        if shift >= 70:
-            raise _Malformed("varint longer than 10 bytes")
-
-
-def _signed64(raw: int) -> int:
-    return raw - (1 << 64) if raw >= 1 << 63 else raw
-
-
-def _field_key(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int, int]:
-    """A field's key -> (field number, wire type, position after the key)."""
-    key, pos = _varint(buf, pos, end)
-    number = key >> 3
-    if number == 0 or number >= 1 << 29:
-        raise _Malformed(f"invalid field number {number}")
-    return number, key & 7, pos
-
-
-def _length_delimited(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
-    """A length-delimited field's payload -> (start, stop)."""
-    length, pos = _varint(buf, pos, end)
-    if length > end - pos:
-        raise _Malformed("length past the end of its message")
-    return pos, pos + length
-
-
-def _skip(buf: mmap.mmap, pos: int, end: int, number: int, wire: int) -> int:
-    """Skip a field we do not use, whatever its wire type, -> the position after it."""
-    if wire == 0:
-        return _varint(buf, pos, end)[1]
-    if wire == 1 or wire == 5:
-        width = 8 if wire == 1 else 4
-        if pos + width > end:
-            raise _Malformed("fixed-width field past the end of its message")
-        return pos + width
-    if wire == 2:
-        return _length_delimited(buf, pos, end)[1]
-    if wire == 3:  # a group: fields until the matching end-group key
-        open_groups = [number]
-        while open_groups:
-            if len(open_groups) > _MAX_GROUP_DEPTH:
-                raise _Malformed("groups nested too deeply")
-            inner, inner_wire, pos = _field_key(buf, pos, end)
-            if inner_wire == 4:
-                if inner != open_groups.pop():
-                    raise _Malformed("mismatched end-group")
-            elif inner_wire == 3:
-                open_groups.append(inner)
-            else:
-                pos = _skip(buf, pos, end, inner, inner_wire)
-        return pos
-    if wire == 4:
-        raise _Malformed("end-group without a start")
-    raise _Malformed(f"invalid wire type {wire}")
-
-
 def _decode_event(buf: mmap.mmap, start: int, end: int) -> _Event:
     event = _Event()
     summaries: list[tuple[int, int]] = []
@@ -463,36 +396,36 @@ def _decode_event(buf: mmap.mmap, start: int, end: int) -> _Event:
     layout_start = None
     pos = start
     while pos < end:
-        number, wire, pos = _field_key(buf, pos, end)
+        number, wire, pos = field_key(buf, pos, end)
         shape.append((number, wire))
         if number == 1 and wire == 1:
             if pos + 8 > end:
-                raise _Malformed("wall_time past the end of the event")
+                raise Malformed("wall_time past the end of the event")
             event.wall_time = _F64.unpack_from(buf, pos)[0]
             pos += 8
         elif number == 2 and wire == 0:
-            raw, pos = _varint(buf, pos, end)
-            event.step = _signed64(raw)
+            raw, pos = varint(buf, pos, end)
+            event.step = signed64(raw)
             layout_start = pos
         elif number == 5 and wire == 2:
-            span = _length_delimited(buf, pos, end)
+            span = delimited(buf, pos, end)
             summaries.append(span)
             pos = span[1]
         else:
             if wire == 2 and number in _EVENT_ONEOF_OTHERS:
                 summaries.clear()  # another member of the oneof replaces the summary
-            pos = _skip(buf, pos, end, number, wire)
+            pos = skip_field(buf, pos, end, number, wire)
     values: list[tuple[int, int]] = []
     for s_start, s_end in summaries:
         pos = s_start
         while pos < s_end:
-            number, wire, pos = _field_key(buf, pos, s_end)
+            number, wire, pos = field_key(buf, pos, s_end)
             if number == 1 and wire == 2:
-                span = _length_delimited(buf, pos, s_end)
+                span = delimited(buf, pos, s_end)
                 values.append(span)
                 pos = span[1]
             else:
-                pos = _skip(buf, pos, s_end, number, wire)
+                pos = skip_field(buf, pos, s_end, number, wire)
     for v_start, v_end in values:
         scalar = _decode_value(buf, v_start, v_end)
         if scalar is not None:
@@ -519,31 +452,31 @@ def _decode_value(
     metadata: list[tuple[int, int]] = []
     pos = start
     while pos < end:
-        number, wire, pos = _field_key(buf, pos, end)
+        number, wire, pos = field_key(buf, pos, end)
         if number == 1 and wire == 2:
-            t_start, pos = _length_delimited(buf, pos, end)
+            t_start, pos = delimited(buf, pos, end)
             tag = buf[t_start:pos]
         elif number == 2 and wire == 5:
             if pos + 4 > end:
-                raise _Malformed("simple_value past the end of its value")
+                raise Malformed("simple_value past the end of its value")
             simple = (_F32.unpack_from(buf, pos)[0], pos)
             kind = 2
             tensors.clear()
             pos += 4
         elif number == 8 and wire == 2:
-            span = _length_delimited(buf, pos, end)
+            span = delimited(buf, pos, end)
             tensors.append(span)
             kind = 8
             pos = span[1]
         elif number == 9 and wire == 2:
-            span = _length_delimited(buf, pos, end)
+            span = delimited(buf, pos, end)
             metadata.append(span)
             pos = span[1]
         else:
             if wire == 2 and number in _VALUE_ONEOF_OTHERS:
                 kind = number
                 tensors.clear()
-            pos = _skip(buf, pos, end, number, wire)
+            pos = skip_field(buf, pos, end, number, wire)
     # Tags are UTF-8 by the protobuf spec; a broken one is shown, not fatal.
     name = tag.decode("utf-8", errors="replace")
     if kind == 2 and simple is not None:
@@ -561,20 +494,20 @@ def _plugin_name(buf: mmap.mmap, spans: list[tuple[int, int]]) -> str:
     for m_start, m_end in spans:
         pos = m_start
         while pos < m_end:
-            number, wire, pos = _field_key(buf, pos, m_end)
+            number, wire, pos = field_key(buf, pos, m_end)
             if number == 1 and wire == 2:
-                d_start, d_end = _length_delimited(buf, pos, m_end)
+                d_start, d_end = delimited(buf, pos, m_end)
                 inner = d_start
                 while inner < d_end:
-                    i_number, i_wire, inner = _field_key(buf, inner, d_end)
+                    i_number, i_wire, inner = field_key(buf, inner, d_end)
                     if i_number == 1 and i_wire == 2:
-                        n_start, inner = _length_delimited(buf, inner, d_end)
+                        n_start, inner = delimited(buf, inner, d_end)
                         name = buf[n_start:inner]
                     else:
-                        inner = _skip(buf, inner, d_end, i_number, i_wire)
+                        inner = skip_field(buf, inner, d_end, i_number, i_wire)
                 pos = d_end
             else:
-                pos = _skip(buf, pos, m_end, number, wire)
+                pos = skip_field(buf, pos, m_end, number, wire)
     return name.decode("utf-8", errors="replace")
 
 
@@ -640,15 +573,15 @@ def _from_16_bits(dtype: int, raw: int) -> float:
 def _merge_tensor(buf: mmap.mmap, start: int, end: int, t: _Tensor) -> None:
     pos = start
     while pos < end:
-        number, wire, pos = _field_key(buf, pos, end)
+        number, wire, pos = field_key(buf, pos, end)
         if number == 1 and wire == 0:
-            raw, pos = _varint(buf, pos, end)
-            t.dtype = _signed64(raw)
+            raw, pos = varint(buf, pos, end)
+            t.dtype = signed64(raw)
         elif number == 2 and wire == 2:
-            s_start, pos = _length_delimited(buf, pos, end)
+            s_start, pos = delimited(buf, pos, end)
             _merge_shape(buf, s_start, pos, t)
         elif number == 4 and wire == 2:
-            t.content = _length_delimited(buf, pos, end)
+            t.content = delimited(buf, pos, end)
             pos = t.content[1]
         elif number == 5 and wire in (2, 5):
             pos = _fixed_entries(buf, pos, end, wire, 4, t.floats)
@@ -656,16 +589,16 @@ def _merge_tensor(buf: mmap.mmap, start: int, end: int, t: _Tensor) -> None:
             pos = _fixed_entries(buf, pos, end, wire, 8, t.doubles)
         elif number == 13 and wire in (2, 0):
             if wire == 0:
-                raw, pos = _varint(buf, pos, end)
+                raw, pos = varint(buf, pos, end)
                 t.halves.append(raw)
             else:
-                p_start, pos = _length_delimited(buf, pos, end)
+                p_start, pos = delimited(buf, pos, end)
                 inner = p_start
                 while inner < pos:
-                    raw, inner = _varint(buf, inner, pos)
+                    raw, inner = varint(buf, inner, pos)
                     t.halves.append(raw)
         else:
-            pos = _skip(buf, pos, end, number, wire)
+            pos = skip_field(buf, pos, end, number, wire)
 
 
 def _fixed_entries(
@@ -673,13 +606,13 @@ def _fixed_entries(
 ) -> int:
     """Record the offsets of a packed or unpacked fixed-width repeated field's entries."""
     if wire == 2:
-        p_start, p_end = _length_delimited(buf, pos, end)
+        p_start, p_end = delimited(buf, pos, end)
         if (p_end - p_start) % width:
-            raise _Malformed("packed field of a length that is not a multiple of its type")
+            raise Malformed("packed field of a length that is not a multiple of its type")
         into.extend(range(p_start, p_end, width))
         return p_end
     if pos + width > end:
-        raise _Malformed("fixed-width field past the end of its message")
+        raise Malformed("fixed-width field past the end of its message")
     into.append(pos)
     return pos + width
 
@@ -688,22 +621,13 @@ def _merge_shape(buf: mmap.mmap, start: int, end: int, t: _Tensor) -> None:
     """TensorShapeProto{dim=2 repeated Dim{size=1 int64}, unknown_rank=3 bool}."""
     pos = start
     while pos < end:
-        number, wire, pos = _field_key(buf, pos, end)
+        number, wire, pos = field_key(buf, pos, end)
         if number == 2 and wire == 2:
-            d_start, d_end = _length_delimited(buf, pos, end)
-            size = 0
-            inner = d_start
-            while inner < d_end:
-                i_number, i_wire, inner = _field_key(buf, inner, d_end)
-                if i_number == 1 and i_wire == 0:
-                    raw, inner = _varint(buf, inner, d_end)
-                    size = _signed64(raw)
-                else:
-                    inner = _skip(buf, inner, d_end, i_number, i_wire)
-            t.dims.append(size)
-            pos = d_end
+            d_start, pos = delimited(buf, pos, end)
+            size = last_varint(buf, d_start, pos, 1)  # Dim.size
+            t.dims.append(0 if size is None else signed64(size))
         elif number == 3 and wire == 0:
-            raw, pos = _varint(buf, pos, end)
+            raw, pos = varint(buf, pos, end)
             t.unknown_rank = raw != 0
         else:
-            pos = _skip(buf, pos, end, number, wire)
+            pos = skip_field(buf, pos, end, number, wire)

@@ -45,6 +45,16 @@ from typing import Any
 import numpy as np
 
 from diag.errors import InputError
+from diag.loaders.logs.protowire import (
+    MAX_GROUP_DEPTH,
+    Malformed,
+    delimited,
+    field_key,
+    last_varint,
+    past_the_end,
+    signed64,
+    skip_field,
+)
 from diag.loaders.logs.series import LogRun, Series
 
 SUFFIX = ".wandb"
@@ -65,13 +75,11 @@ MAX_CONFIG_VALUE_BYTES = 4096
 MAX_FILES = 1_000  # .wandb files per call
 MAX_DEPTH = 8  # folder levels searched below the given folder
 MAX_FOLDERS = 20_000
-_MAX_GROUP_DEPTH = 100  # nested protobuf groups in a skipped field
 
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # A record's CRC covers its type byte first; start each CRC from the type byte's CRC.
 _TYPE_CRC = {kind: zlib.crc32(bytes([kind])) for kind in (_FULL, _FIRST, _MIDDLE, _LAST)}
 _FRAME = struct.Struct("<IHB")
-_U64 = (1 << 64) - 1
 _INT64_RANGE = (-(2**63), 2**63 - 1)
 
 # Record fields that share the `record_type` oneof with history, config, run and exit.
@@ -299,7 +307,7 @@ def _read_file(file: Path, state: _RunState) -> None:
         for offset, data in _payloads(file, buf, size, state.notes):
             try:
                 _decode_record(data, state)
-            except _Malformed as exc:
+            except Malformed as exc:
                 raise InputError(
                     file, f"corrupt W&B run file: malformed record at byte {offset} ({exc})"
                 ) from None
@@ -315,10 +323,6 @@ def _check_header(file: Path, buf: mmap.mmap, size: int) -> None:
         raise InputError(file, f"W&B run file cut short in its {FRAME}-byte header")
     if head[6] != VERSION:
         raise InputError(file, f"W&B run file of version {head[6]}; diag reads version {VERSION}")
-
-
-class _Malformed(Exception):
-    """A record that cannot be decoded; becomes an InputError naming its offset."""
 
 
 def _payloads(
@@ -384,76 +388,6 @@ def _corrupt(file: Path, pos: int, what: str) -> InputError:
     return InputError(file, f"corrupt W&B run file: {what} in record at byte {pos}")
 
 
-# ------------------------------------------------------------------ protobuf wire format
-
-
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """An unsigned varint at `pos` -> (value as u64, position after it)."""
-    result = shift = 0
-    while True:
-        if pos >= end:
-            raise _Malformed("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & _U64, pos
-        shift += 7
-        if shift >= 70:
-            raise _Malformed("varint longer than 10 bytes")
-
-
-def _signed64(raw: int) -> int:
-    return raw - (1 << 64) if raw >= 1 << 63 else raw
-
-
-def _field_key(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """A field's key -> (field number, wire type, position after the key)."""
-    key, pos = _varint(data, pos, end)
-    number = key >> 3
-    if number == 0 or number >= 1 << 29:
-        raise _Malformed(f"invalid field number {number}")
-    return number, key & 7, pos
-
-
-def _span(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """A length-delimited field's payload -> (start, stop)."""
-    length, pos = _varint(data, pos, end)
-    if length > end - pos:
-        raise _Malformed(f"a field of {length} bytes past the end of its message")
-    return pos, pos + length
-
-
-def _skip(data: bytes, pos: int, end: int, number: int, wire: int) -> int:
-    """Skip a field we do not use, whatever its wire type, -> the position after it."""
-    if wire == 0:
-        return _varint(data, pos, end)[1]
-    if wire == 1 or wire == 5:
-        pos += 8 if wire == 1 else 4
-        if pos > end:
-            raise _Malformed("fixed-width field past the end of its message")
-        return pos
-    if wire == 2:
-        return _span(data, pos, end)[1]
-    if wire == 3:  # a group: fields until the matching end-group key
-        open_groups = [number]
-        while open_groups:
-            if len(open_groups) > _MAX_GROUP_DEPTH:
-                raise _Malformed("groups nested too deeply")
-            inner, inner_wire, pos = _field_key(data, pos, end)
-            if inner_wire == 4:
-                if inner != open_groups.pop():
-                    raise _Malformed("mismatched end-group")
-            elif inner_wire == 3:
-                open_groups.append(inner)
-            else:
-                pos = _skip(data, pos, end, inner, inner_wire)
-        return pos
-    if wire == 4:
-        raise _Malformed("end-group without a start")
-    raise _Malformed(f"invalid wire type {wire}")
-
-
 # ------------------------------------------------------------------ records
 
 
@@ -471,15 +405,15 @@ def _decode_record(data: bytes, state: _RunState) -> None:
     spans: list[tuple[int, int]] = []  # its occurrences: protobuf merges them
     pos, end = 0, len(data)
     while pos < end:
-        number, wire, pos = _field_key(data, pos, end)
+        number, wire, pos = field_key(data, pos, end)
         if wire == 2 and number in _RECORD_ONEOF:
-            span = _span(data, pos, end)
+            span = delimited(data, pos, end)
             if number != kind:
                 kind, spans = number, []
             spans.append(span)
             pos = span[1]
         else:
-            pos = _skip(data, pos, end, number, wire)
+            pos = skip_field(data, pos, end, number, wire)
     if kind == 2:
         _history_row(data, spans, state)
     elif kind == 17:
@@ -554,7 +488,7 @@ def _history_row(data: bytes, spans: list[tuple[int, int]], state: _RunState) ->
             state.any_epoch = True
     state.budget[0] -= added
     if state.budget[0] < 0:
-        raise _Malformed(f"more than {MAX_POINTS} points")
+        raise Malformed(f"more than {MAX_POINTS} points")
     if global_step is None:
         global_step = step
     if global_step is None and step_span is not None:
@@ -579,13 +513,13 @@ def _row_items(
                 start = pos + 2  # an item under 128 bytes: its key and length inline
                 pos = start + data[pos + 1]
                 if pos > h_end:
-                    raise _Malformed(f"a field of {pos - start} bytes past the end of its message")
+                    raise past_the_end(pos - start, h_end - start)
             else:
-                number, wire, pos = _field_key(data, pos, h_end)
+                number, wire, pos = field_key(data, pos, h_end)
                 if wire != 2 or number not in (1, 2):
-                    pos = _skip(data, pos, h_end, number, wire)
+                    pos = skip_field(data, pos, h_end, number, wire)
                     continue
-                start, pos = _span(data, pos, h_end)
+                start, pos = delimited(data, pos, h_end)
                 if number == 2:
                     step_span = (start, pos)  # decoded only if the items hold no step
                     continue
@@ -618,7 +552,7 @@ def _new_metric(name: bytes, state: _RunState) -> tuple[int, _Metric | None]:
         role = _IGNORED
     elif role == _SERIES or role in _ALSO_SERIES:
         if state.n_series >= MAX_SERIES:
-            raise _Malformed(f"more than {MAX_SERIES} metric names")
+            raise Malformed(f"more than {MAX_SERIES} metric names")
         state.n_series += 1
         metric = _Metric(text)
     found = (role, metric)
@@ -627,17 +561,10 @@ def _new_metric(name: bytes, state: _RunState) -> tuple[int, _Metric | None]:
     return found
 
 
-def _history_step(data: bytes, start: int, end: int) -> int | None:
-    num = 0
-    pos = start
-    while pos < end:
-        number, wire, pos = _field_key(data, pos, end)
-        if number == 1 and wire == 0:
-            raw, pos = _varint(data, pos, end)
-            num = _signed64(raw)
-        else:
-            pos = _skip(data, pos, end, number, wire)
-    return num
+def _history_step(data: bytes, start: int, end: int) -> int:
+    """`HistoryStep.num` (0 if unset)."""
+    raw = last_varint(data, start, end, 1)
+    return 0 if raw is None else signed64(raw)
 
 
 def _history_item(data: bytes, start: int, end: int) -> tuple[bytes | None, bytes]:
@@ -647,19 +574,19 @@ def _history_item(data: bytes, start: int, end: int) -> tuple[bytes | None, byte
     raw = b""
     pos = start
     while pos < end:
-        number, wire, pos = _field_key(data, pos, end)
+        number, wire, pos = field_key(data, pos, end)
         if wire == 2 and number in (1, 2, 16):
-            s_start, pos = _span(data, pos, end)
+            s_start, pos = delimited(data, pos, end)
             if number == 1:
                 key = data[s_start:pos]
             elif number == 2:
                 nested.append(data[s_start:pos])
-                if len(nested) > _MAX_GROUP_DEPTH:
-                    raise _Malformed("a key nested too deeply")
+                if len(nested) > MAX_GROUP_DEPTH:
+                    raise Malformed("a key nested too deeply")
             else:
                 raw = data[s_start:pos]
         else:
-            pos = _skip(data, pos, end, number, wire)
+            pos = skip_field(data, pos, end, number, wire)
     # wandb sends a top-level key as `key` (older clients) or a one-element `nested_key`;
     # nested dicts as the path, shown by W&B joined with dots.
     name = key or b".".join(nested)
@@ -694,12 +621,12 @@ def _strings(data: bytes, start: int, end: int, wanted: dict[int, str]) -> dict[
     out: dict[str, bytes] = {}
     pos = start
     while pos < end:
-        number, wire, pos = _field_key(data, pos, end)
+        number, wire, pos = field_key(data, pos, end)
         if wire == 2 and number in wanted:
-            s_start, pos = _span(data, pos, end)
+            s_start, pos = delimited(data, pos, end)
             out[wanted[number]] = data[s_start:pos]
         else:
-            pos = _skip(data, pos, end, number, wire)
+            pos = skip_field(data, pos, end, number, wire)
     return out
 
 
@@ -720,9 +647,9 @@ def _config(data: bytes, start: int, end: int, state: _RunState) -> None:
     """`ConfigRecord.update` items -> `hparams` (values that are short JSON)."""
     pos = start
     while pos < end:
-        number, wire, pos = _field_key(data, pos, end)
+        number, wire, pos = field_key(data, pos, end)
         if number == 1 and wire == 2:
-            i_start, pos = _span(data, pos, end)
+            i_start, pos = delimited(data, pos, end)
             name, raw = _history_item(data, i_start, pos)  # same layout as a HistoryItem
             if name is None or name.startswith(b"_wandb"):
                 continue
@@ -734,17 +661,12 @@ def _config(data: bytes, start: int, end: int, state: _RunState) -> None:
                 continue
             state.hparams[_clean(name)] = value
         else:
-            pos = _skip(data, pos, end, number, wire)
+            pos = skip_field(data, pos, end, number, wire)
 
 
 def _exit(data: bytes, start: int, end: int, state: _RunState) -> None:
-    pos = start
-    while pos < end:
-        number, wire, pos = _field_key(data, pos, end)
-        if number == 1 and wire == 0:
-            raw, pos = _varint(data, pos, end)
-            state.exit_code = _signed64(raw) & 0xFFFFFFFF
-            if state.exit_code >= 1 << 31:
-                state.exit_code -= 1 << 32
-        else:
-            pos = _skip(data, pos, end, number, wire)
+    """`RunExitRecord.exit_code`, an int32, if this part of the record sets it."""
+    raw = last_varint(data, start, end, 1)
+    if raw is not None:
+        code = raw & 0xFFFFFFFF
+        state.exit_code = code - (1 << 32) if code >= 1 << 31 else code

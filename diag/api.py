@@ -73,7 +73,7 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
         )
     if bool(options.model) != bool(options.batch):
         raise UsageError("--model and --batch go together: the model needs a batch to run on")
-    if options.init and not options.checkpoint:
+    if options.init and not options.checkpoint and not _hf_model(options.model):
         raise UsageError("--init needs a CHECKPOINT to compare with")
     try:
         specs = select_rules(
@@ -91,6 +91,9 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
             options.logs = [str(p) for p in folder.logs]
     elif options.checkpoint:
         run.checkpoint = open_checkpoint(options.checkpoint)
+    if run.checkpoint is None and _hf_model(options.model):
+        # `--model hf:DIR` names a model folder: its weights are the checkpoint as well.
+        run.checkpoint = open_checkpoint(str(options.model).removeprefix("hf:"))
     if options.init:
         run.init = open_checkpoint(options.init)
         run.init_is_reference = False
@@ -131,6 +134,10 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
     if options.baseline:
         result = apply_baseline(result, Path(options.baseline))
     return result, run
+
+
+def _hf_model(spec: str | None) -> bool:
+    return bool(spec) and str(spec).startswith("hf:")
 
 
 def _run_folder(path: str | None) -> Any:
@@ -365,8 +372,10 @@ def _probe_inputs(run: Any) -> list[dict[str, Any]]:
     if Path(probe.batch_path).is_file():
         batch["bytes"] = Path(probe.batch_path).stat().st_size
         batch["fingerprint"] = quick_fingerprint(Path(probe.batch_path))
-    model = {"role": "model", "path": probe.source, "format": "python factory"}
+    model = {"role": "model", "path": probe.source, "format": probe.model_format}
     model["loss"] = probe.loss_name
+    if probe.notes:
+        model["notes"] = list(probe.notes)
     return [model, batch]
 
 

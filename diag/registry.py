@@ -25,6 +25,7 @@ BUILTIN_RULE_MODULES = (
     "diag.rules.curves",
     "diag.rules.data",
     "diag.rules.grads",
+    "diag.rules.adapters",
 )
 DOC_SECTIONS = ("What it does", "Why is this bad?", "How to fix")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")

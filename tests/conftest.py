@@ -14,12 +14,16 @@ from diag.demo import HEALTHY, PLANTED, Faults, save_run, train
 # second ATEN_CPU_CAPABILITY: a margin that holds on one CPU only fails there.
 CALIBRATION_MODULES = {
     "test_activations.py",
+    "test_adapters.py",
     "test_calibration.py",
     "test_curves_calibration.py",
     "test_data_calibration.py",
     "test_demo.py",
     "test_gradients.py",
     "test_grads_rules.py",
+    "test_probe_lm.py",
+    "test_probe_lm_cli.py",
+    "test_run_folders.py",
 }
 
 

@@ -61,6 +61,23 @@ def with_(state: dict, **changes: torch.Tensor) -> dict:
     return out
 
 
+def lora() -> dict[str, torch.Tensor]:
+    """A trained LoRA adapter file (peft's names) on three modules: every B has moved."""
+    out = {}
+    for i in range(3):
+        module = f"base_model.model.h.{i}.attn.c_attn"
+        out[f"{module}.lora_A.weight"] = linear(4, 64, 10 + i)
+        out[f"{module}.lora_B.weight"] = linear(192, 4, 20 + i) * 0.01
+    return out
+
+
+def lora_b_zero(state: dict) -> dict:
+    return {k: torch.zeros_like(v) if ".lora_B." in k else v for k, v in state.items()}
+
+
+LORA_B1 = "base_model.model.h.1.attn.c_attn.lora_B.weight"
+
+
 @dataclass
 class Case:
     id: str
@@ -117,6 +134,17 @@ CASES = [
     Case("smooth-first-layer", "noisy-kernels", healthy),
     Case("deep-random-layer-not-judged", "noisy-kernels",
          lambda: with_(healthy(), conv2__weight=conv(16, 32, 3, 3))),
+    Case("one-b-still-zero", "lora-stuck",
+         lambda: with_(lora(), base_model__model__h__1__attn__c_attn__lora_B__weight=torch.zeros(192, 4)),
+         fires_on=frozenset({LORA_B1})),
+    Case("every-b-zero-at-step-10", "lora-stuck",
+         lambda: {"state_dict": lora_b_zero(lora()), "global_step": 10}, fires_on=frozenset({"lora_B"})),
+    Case("fresh-adapter-b-zero", "lora-stuck", lambda: lora_b_zero(lora())),
+    Case("trained-adapter", "lora-stuck", lora),
+    Case("one-module-far-behind", "lora-update-scale",
+         lambda: with_(lora(), base_model__model__h__1__attn__c_attn__lora_B__weight=linear(192, 4, 21) * 1e-6),
+         fires_on=frozenset({LORA_B1})),
+    Case("even-modules", "lora-update-scale", lora),
 ]  # fmt: skip
 
 

@@ -58,8 +58,8 @@ def read_adapter_config(folder: Path) -> AdapterConfig | None:
     Raises InputError when the file exists but is not a readable adapter config.
     """
     path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        return None
+    if not path.is_file() or path.is_symlink():
+        return None  # a link is never followed: it could lead out of the folder
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from abc import abstractmethod
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -195,8 +196,31 @@ def cell_value(cell: str) -> float:
     return float(s)
 
 
-class RowIds(Sequence[str]):
-    """ "row 1", "row 2", ... without holding a string per row."""
+class LazyIds(Sequence[str]):
+    """Sample ids named when asked, without holding a string per sample.
+
+    A subclass gives `__len__` and `_id_of(index)`, the id of sample `index` (0 <= index <
+    len); indexing (negative too), bounds and slices are this class's.
+    """
+
+    @abstractmethod
+    def _id_of(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        n = len(self)
+        if isinstance(index, slice):
+            return [self._id_of(i) for i in range(*index.indices(n))]
+        if not -n <= index < n:
+            raise IndexError(index)
+        return self._id_of(index % n)
+
+
+class RowIds(LazyIds):
+    """ "row 1", "row 2", ... (rows counted from 1)."""
 
     def __init__(self, n: int) -> None:
         self._n = n
@@ -204,16 +228,8 @@ class RowIds(Sequence[str]):
     def __len__(self) -> int:
         return self._n
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [f"row {i + 1}" for i in range(*index.indices(self._n))]
-        if not -self._n <= index < self._n:
-            raise IndexError(index)
-        return f"row {index % self._n + 1}"
+    def _id_of(self, index: int) -> str:
+        return f"row {index + 1}"
 
 
 _PIXEL_NAME = re.compile(r"(?:pixel|pix|px)[_-]?(\d+)", re.IGNORECASE)

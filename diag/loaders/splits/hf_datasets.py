@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from diag.errors import InputError
 from diag.loaders.splits.common import (
     IdTracker,
     Layout,
+    LazyIds,
     check_indices,
     check_size,
     column_roles,
@@ -447,7 +448,7 @@ def _file_starts(files: Any, rows: list[int]) -> list[int]:
     return [int(s) for s in np.cumsum([0, *per_file[:-1]])]
 
 
-class _FileRowIds(Sequence[str]):
+class _FileRowIds(LazyIds):
     """'data-00001-of-00002.arrow row 5' (row counted from 0 in that file, as `ds[5]`)."""
 
     def __init__(self, files: Any, rows: list[int]) -> None:
@@ -458,16 +459,7 @@ class _FileRowIds(Sequence[str]):
     def __len__(self) -> int:
         return self._n
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._n))]
-        if not -self._n <= index < self._n:
-            raise IndexError(index)
-        index %= self._n
+    def _id_of(self, index: int) -> str:
         k = bisect.bisect_right(self._starts, index) - 1
         return f"{self._names[k]} row {index - self._starts[k]}"
 

@@ -14,12 +14,13 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, overload
+from typing import IO
 
 from diag.errors import InputError
 from diag.loaders.splits.common import (
     GROUP_COLUMNS,
     LABEL_COLUMNS,
+    LazyIds,
     check_indices,
     check_size,
     names_list,
@@ -231,7 +232,7 @@ class _JsonlSamples:
         return bisect.bisect_right(self._scan.files, k)
 
 
-class _LineIds(Sequence[str]):
+class _LineIds(LazyIds):
     """'line 17' (or 'train-00001.jsonl line 17' across files) without a string per record."""
 
     def __init__(self, paths: list[Path], files: array, lines: array) -> None:
@@ -241,12 +242,6 @@ class _LineIds(Sequence[str]):
     def __len__(self) -> int:
         return len(self._lines)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _id_of(self, index: int) -> str:
         line = f"line {self._lines[index]}"
         return line if self._names is None else f"{self._names[self._files[index]]} {line}"

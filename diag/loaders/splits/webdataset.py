@@ -22,12 +22,12 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 
 from diag.errors import InputError
 from diag.loaders.splits.common import (
+    LazyIds,
     check_indices,
     check_size,
     one_line,
@@ -300,7 +300,7 @@ def _check_trailer(shard: Path, end: int) -> None:
         raise InputError(shard, f"corrupt or truncated tar: unreadable header at byte {end}")
 
 
-class _SampleIds(Sequence[str]):
+class _SampleIds(LazyIds):
     """'train-000001.tar:sample000123', built when asked (keys are already held once)."""
 
     def __init__(self, names: list[str], index: _Index) -> None:
@@ -309,14 +309,8 @@ class _SampleIds(Sequence[str]):
     def __len__(self) -> int:
         return len(self._index.keys)
 
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        return f"{self._names[self._index.shards[i]]}:{self._index.keys[i]}"
+    def _id_of(self, index: int) -> str:
+        return f"{self._names[self._index.shards[index]]}:{self._index.keys[index]}"
 
 
 class _TarSamples:

@@ -29,11 +29,31 @@ def run_rules(
     # Rules that run the model or compare splits can take a while on big inputs.
     slow = getattr(run, "probe", None) is not None or bool(getattr(run, "splits", None))
     quiet = getattr(run, "quiet", True) or not slow
-    with Progress(quiet, len(specs), "running rules", "rules") as advance:
-        for done, spec in enumerate(specs, 1):
-            _run_one(run, spec, options, findings, skipped, errors, timings)
-            if advance is not None:
-                advance(done, len(specs))
+    bar = Progress(quiet, len(specs), "running rules", "rules")
+    shared = getattr(run, "work_timings", None)
+    work: dict[str, float] = shared if shared is not None else {}
+    total = len(specs)
+
+    def on_work(label: str) -> None:
+        # Shared probe work starts inside the first rule that needs it: a step of its own.
+        nonlocal total
+        total += 1
+        bar.describe(label, total)
+
+    with bar as advance:
+        if hasattr(run, "on_work"):
+            run.on_work = on_work
+        try:
+            for done, spec in enumerate(specs, 1):
+                bar.describe(spec.name)
+                seen = set(work)
+                _run_one(run, spec, options, findings, skipped, errors, timings)
+                _place_work(timings, spec.name, {k: v for k, v in work.items() if k not in seen})
+                if advance is not None:
+                    advance(done + len(work), total)
+        finally:
+            if hasattr(run, "on_work"):
+                run.on_work = None
     findings.sort(key=lambda f: (-f.severity, f.rule, f.location.artifact, f.location.object))  # type: ignore[operator]
     meta = dict(metadata or {})
     meta["timings"] = timings
@@ -77,3 +97,14 @@ def _run_one(
     except Exception as exc:  # a broken rule is reported, and the other rules still run
         errors.append(RuleError(spec.name, f"{type(exc).__name__}: {exc}"))
     timings[spec.name] = round(time.perf_counter() - start, 6)
+
+
+def _place_work(timings: dict[str, float], rule: str, new: dict[str, float]) -> None:
+    """Put shared work that ran during `rule` just before the rule's own entry: it ran first,
+    and the timings read in the order things happened."""
+    if not new:
+        return
+    own = timings.pop(rule, None)
+    timings.update(new)
+    if own is not None:
+        timings[rule] = own

@@ -68,11 +68,32 @@ class Probe:
             raise ValueError("this probe has no targets or loss")
         return self.loss_fn(self.forward(model, inputs), self.targets)
 
-    def copy_model(self, dtype: torch.dtype | None = None) -> torch.nn.Module:
-        """A deep copy in eval mode (optionally cast), so probing never touches the original."""
-        clone = copy.deepcopy(self.model)
-        if dtype is not None:
-            clone = clone.to(dtype)
+    def copy_model(
+        self, dtype: torch.dtype | None = None, weights: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.nn.Module:
+        """A copy in eval mode (optionally cast), so probing never touches the original.
+
+        Tensors are copied (and cast) one at a time straight into the copy: the peak is the
+        model plus one copy in `dtype`, never a full-precision copy on the way. With
+        `weights` (a state dict, e.g. `--init`) the copy holds those tensors instead of the
+        model's, checked like a strict `load_state_dict`, and the model's are not copied.
+        Tied tensors (one object under two names) stay tied.
+        """
+        import torch
+
+        if weights is not None:
+            _check_keys(self.model, weights)
+        memo: dict[int, Any] = {}
+        named = (
+            *self.model.named_parameters(remove_duplicate=False),
+            *self.model.named_buffers(remove_duplicate=False),
+        )
+        for name, tensor in named:
+            if id(tensor) in memo or type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+                continue  # tied (already copied), or a subclass deepcopy knows better
+            source = weights[name] if weights is not None and name in weights else tensor
+            memo[id(tensor)] = _fresh(tensor, source, dtype)
+        clone = copy.deepcopy(self.model, memo)
         return clone.eval()
 
     def cast_inputs(self, dtype: torch.dtype) -> Any:
@@ -105,3 +126,28 @@ def main_output(output: Any) -> Any:
         return None
     floating = (c for c in candidates if isinstance(c, torch.Tensor) and c.is_floating_point())
     return next(floating, None)
+
+
+def _fresh(like: torch.Tensor, source: torch.Tensor, dtype: torch.dtype | None) -> Any:
+    """A new tensor with `source`'s values, of `like`'s kind (parameter or buffer)."""
+    import torch
+
+    if tuple(source.shape) != tuple(like.shape):
+        raise RuntimeError(f"size mismatch: {tuple(source.shape)} for {tuple(like.shape)}")
+    cast = dtype if dtype is not None and source.is_floating_point() else None
+    values = source.detach().to(dtype=cast or like.dtype, copy=True)
+    if isinstance(like, torch.nn.Parameter):
+        fresh = torch.nn.Parameter(values, requires_grad=like.requires_grad)
+        fresh.__dict__.update(like.__dict__)
+        return fresh
+    return values
+
+
+def _check_keys(model: torch.nn.Module, weights: Mapping[str, Any]) -> None:
+    expected = set(model.state_dict().keys())
+    missing, unexpected = expected - set(weights), set(weights) - expected
+    if missing or unexpected:
+        raise RuntimeError(
+            f"weights do not fit the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )

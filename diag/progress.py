@@ -36,7 +36,7 @@ class Progress:
 
         amount = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
         self._bar = Bar(
-            TextColumn(self.label),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             amount,
             TimeRemainingColumn(),
@@ -44,8 +44,14 @@ class Progress:
             transient=True,
         )
         self._bar.start()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda done, total: self._bar.update(task, completed=done)
+        self._task = self._bar.add_task(self.label, total=self.total)
+        return lambda done, total: self._bar.update(self._task, completed=done)
+
+    def describe(self, text: str, total: int | None = None) -> None:
+        """Name what is running now (a rule, a shared computation), and grow the total when
+        work joins that was not known at the start; a no-op when quiet."""
+        if not self.quiet and hasattr(self, "_bar"):
+            self._bar.update(self._task, description=f"{self.label}: {text}", total=total)
 
     def __exit__(self, *exc: object) -> None:
         if not self.quiet:

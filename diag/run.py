@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +45,11 @@ MISSING_FLAGS = {
 }  # fmt: skip
 
 
+# Work several rules share, computed once on first use: the name it has in the timings
+# and on the progress bar, where it is shown like a rule (it sits outside every rule's timer).
+SHARED_WORK = {"gradients": "probe: gradients", "activations": "probe: activations"}
+
+
 @dataclass
 class Run:
     checkpoint: Checkpoint | None = None
@@ -62,6 +69,10 @@ class Run:
     _leakage: LeakageReport | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
     _failed: dict[str, Exception] = field(default_factory=dict, repr=False)
+    # Seconds each piece of shared work took (SHARED_WORK's labels), in the order it ran,
+    # and who to tell when one starts (the engine's progress bar).
+    work_timings: dict[str, float] = field(default_factory=dict, repr=False)
+    on_work: Callable[[str], None] | None = field(default=None, repr=False)
 
     @property
     def initial(self) -> Checkpoint | None:
@@ -86,7 +97,7 @@ class Run:
         if self._activations is None and self.probe is not None:
             from diag.activations import record_activations
 
-            self._activations = record_activations(self.probe)
+            self._activations = self._timed("activations", record_activations, self.probe)
         return self._activations
 
     @property
@@ -95,8 +106,18 @@ class Run:
         if self._gradients is None and self.probe is not None and self.probe.loss_fn is not None:
             from diag.gradients import check_gradients
 
-            self._gradients = check_gradients(self.probe)
+            self._gradients = self._timed("gradients", check_gradients, self.probe)
         return self._gradients
+
+    def _timed(self, name: str, compute: Callable[..., Any], *args: Any) -> Any:
+        label = SHARED_WORK[name]
+        if self.on_work is not None:
+            self.on_work(label)
+        start = time.perf_counter()
+        try:
+            return compute(*args)
+        finally:  # a failed computation still cost its time
+            self.work_timings[label] = round(time.perf_counter() - start, 6)
 
     @property
     def probe_init(self) -> Probe | None:

@@ -8,13 +8,44 @@ randomness. The numerical work lives in `diag.gradients` and `diag.activations`.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from diag.model import Finding, Location, Severity
 from diag.probe import Probe
 from diag.registry import rule
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The most passes of the model a rule makes on the batch, whatever the model's size.
+
+    Passes are counted on the model, in the precision named; a float64 pass costs about
+    two float32 ones on a CPU. `samples` caps the batch rows a pass sees (None: all of them).
+    """
+
+    forward: int
+    backward: int
+    precision: str = "float32"
+    samples: int | None = None
+
+
+OVERFIT_STEPS = 50
+OVERFIT_SAMPLES = 8
+MIXING_SAMPLES = 2  # diag.gradients.batch_mixing's default
+# What each probe rule costs at its default options; its docs say the same in words, and
+# tests/test_probe_budgets.py counts the passes on real models. The activation recording
+# that saturated-activations and dead-units share is one forward pass, made once.
+COSTS = {
+    "init-loss": Cost(forward=1, backward=0),
+    "input-independence": Cost(forward=4, backward=0, precision="float64"),
+    "batch-mixing": Cost(forward=1, backward=3 * MIXING_SAMPLES, precision="float64"),
+    "overfit-one-batch": Cost(
+        forward=OVERFIT_STEPS + 1, backward=OVERFIT_STEPS, samples=OVERFIT_SAMPLES
+    ),
+    "probe: activations": Cost(forward=1, backward=0),
+}
 
 
 def _where(probe: Probe, obj: str, **details: Any) -> Location:
@@ -34,6 +65,10 @@ def init_loss(probe_init: Probe, *, tolerance: float = 0.5) -> Iterator[Finding]
     uniformly, giving a loss near ln(C); the rule fires when the initial loss is more
     than `tolerance` x ln(C) away from it. For a language model C is the vocabulary and
     the loss is the next-token cross-entropy over the batch's tokens.
+
+    ## Cost
+    One forward pass without gradients, on a copy made straight from the `--init` weights
+    (the trained weights are not copied): memory is the model plus one copy.
 
     ## Why is this bad?
     An initial loss far above ln(C) means the network starts confidently wrong: logits
@@ -56,9 +91,8 @@ def init_loss(probe_init: Probe, *, tolerance: float = 0.5) -> Iterator[Finding]
         return  # only classification has a known starting loss
     if "cross_entropy" not in probe_init.loss_name:
         return
-    model = probe_init.copy_model()
     try:
-        model.load_state_dict(dict(probe_init.initial or {}), strict=True)
+        model = probe_init.copy_model(weights=probe_init.initial or {})
     except RuntimeError:
         return  # the probe loader already checked; a mismatch here is not this rule's
     torch.manual_seed(0)
@@ -95,6 +129,11 @@ def input_independence(probe: Probe, *, rtol: float = 1e-4) -> Iterator[Finding]
     size) the same in all three: the model's prediction does not depend on its input.
     Token ids are zeroed where they first become numbers: the output of the embedding
     that reads them (id 0 is a real token); masks are kept.
+
+    ## Cost
+    Three forward passes without gradients on a float64 copy (four when integer inputs
+    reach no embedding and are zeroed as they are); no backward pass. Memory: the model
+    plus its float64 copy.
 
     ## Why is this bad?
     A network that ignores its input can still lower its loss by learning the label
@@ -176,21 +215,30 @@ def _perturbed_outputs(probe: Probe) -> tuple[Any, Any, Any]:
 def overfit_one_batch(
     probe: Probe,
     *,
-    steps: int = 300,
+    steps: int = OVERFIT_STEPS,
+    samples: int = OVERFIT_SAMPLES,
     lr: float = 3e-3,
     target: float = 0.05,
-    seconds: float = 60.0,
 ) -> Iterator[Finding]:
     """A model that cannot drive its loss close to zero on a single batch.
 
     ## What it does
-    Trains a copy of the model with Adam on the batch alone (eval mode, so dropout and
-    BatchNorm's batch statistics do not get in the way) for up to `steps` steps or
-    `seconds`, and fires when the loss never falls below `target` times its starting
-    value. The finding says how far it got.
+    Trains a copy of the model with Adam on the first `samples` samples of the batch
+    alone (eval mode, so dropout and BatchNorm's batch statistics do not get in the way)
+    for up to `steps` steps, and judges the trend: it fires when the loss never falls
+    below `target` times its starting value and is no longer falling fast (over the last
+    fifth of the steps it did not halve). A set-up that works reaches the target in tens
+    of steps on a few samples; one that cannot learn levels off well above it. The
+    finding says how far it got.
+
+    ## Cost
+    At most `steps` + 1 forward and `steps` backward passes (51 and 50 by default) on at
+    most `samples` (8) samples of the batch, in float32, stopping as soon as the target
+    is reached; whatever the model's size. Memory: the model plus one copy and Adam's two
+    moments for it.
 
     ## Why is this bad?
-    Any network big enough to be worth training can memorise one small batch. If it
+    Any network big enough to be worth training can memorise a few samples. If it
     cannot, something between the data and the update is broken: labels that do not
     match the inputs, a loss applied to the wrong thing (a softmax before
     `cross_entropy`, which caps how low the loss can go), a graph cut that leaves most
@@ -206,45 +254,86 @@ def overfit_one_batch(
 
     if probe.targets is None or probe.loss_fn is None:
         return
+    inputs, targets = _first_samples(probe, samples)
     torch.manual_seed(0)
     model = probe.copy_model()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return
     optimizer = torch.optim.Adam(params, lr=lr)
-    with torch.no_grad():
-        start = float(probe.loss(model))
-    best, done, began = start, 0, time.perf_counter()
-    while done < steps:
-        done += 1
-        optimizer.zero_grad()
-        loss = probe.loss(model)
-        if not torch.isfinite(loss):
+    losses: list[float] = []
+    # The loss before each step: the first is the start, and no extra pass is needed for it.
+    while len(losses) < steps:
+        optimizer.zero_grad(set_to_none=True)
+        loss = probe.loss_fn(probe.forward(model, inputs), targets)
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]) or losses[-1] <= target * losses[0]:
             break
         loss.backward()
         optimizer.step()
-        best = min(best, float(loss.detach()))
-        if best <= target * start or time.perf_counter() - began > seconds:
-            break
-    with torch.no_grad():
-        final = float(probe.loss(model))
-    best = min(best, final) if math.isfinite(final) else best
+    else:
+        with torch.no_grad():
+            losses.append(float(probe.loss_fn(probe.forward(model, inputs), targets)))
+    del model, optimizer, params
+    start = losses[0]
+    finite = [v for v in losses if math.isfinite(v)]
+    best = min(finite) if finite else math.inf
     if math.isfinite(best) and best <= target * start:
         return
+    recent = max(2, len(losses) // 5)
+    fall = _fall(losses[-recent - 1 :])
+    if math.isfinite(best) and fall >= 2.0:
+        return  # still halving every few steps: slow, not stuck
     yield Finding(
         message=(
-            f"trained on this batch alone for {done} steps, the loss only went from "
-            f"{start:.4g} to {best:.4g} ({best / start:.0%} of the start; a working set-up "
-            f"gets below {target:.0%})"
+            f"trained on {_rows(inputs)} sample(s) of this batch alone for {len(losses) - 1} "
+            f"steps, the loss only went from {start:.4g} to {best:.4g} ({best / start:.0%} "
+            f"of the start; a working set-up gets below {target:.0%}) and has levelled off"
         ),
         location=_where(probe, "loss", batch=probe.batch_path, loss=probe.loss_name),
         evidence={
             "start": start,
             "best": best,
-            "steps": done,
+            "steps": len(losses) - 1,
+            "samples": _rows(inputs),
             "ratio": best / start if start else math.inf,
+            "recent_fall": fall,
         },
     )
+
+
+def _fall(losses: list[float]) -> float:
+    """How many times over the loss fell across `losses` (1.0: flat or rising)."""
+    first, low = losses[0], min(losses)
+    if not (math.isfinite(first) and math.isfinite(low)) or low <= 0:
+        return math.inf if math.isfinite(first) and low <= 0 < first else 1.0
+    return max(first / low, 1.0)
+
+
+def _first_samples(probe: Probe, samples: int) -> tuple[Any, Any]:
+    """The batch cut to its first `samples` samples (inputs and targets alike).
+
+    Only tensors whose first dimension is the batch are cut; when the targets are not laid
+    out by sample the batch is kept whole, since they could not be matched to a slice.
+    """
+    batch = probe.batch_size
+    targets = probe.targets
+    if batch <= samples or targets is None or targets.ndim == 0 or targets.shape[0] != batch:
+        return probe.inputs, targets
+
+    def cut(v: Any) -> Any:
+        return v[:samples] if getattr(v, "ndim", 0) and v.shape[0] == batch else v
+
+    if isinstance(probe.inputs, dict):
+        inputs: Any = {k: cut(v) for k, v in probe.inputs.items()}
+    else:
+        inputs = tuple(cut(v) for v in probe.inputs)
+    return inputs, targets[:samples]
+
+
+def _rows(inputs: Any) -> int:
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs[0]
+    return int(first.shape[0]) if getattr(first, "ndim", 0) else 1
 
 
 # ------------------------------------------------------------------ saturated-activations
@@ -266,6 +355,11 @@ def saturated_activations(
     Runs the batch through the model and, for every tanh and sigmoid (module or
     functional call), measures the fraction of outputs in the flat tails (|tanh| > 0.99,
     sigmoid below 0.01 or above 0.99). It fires when more than `max_fraction` of them are.
+
+    ## Cost
+    One forward pass without gradients on a copy, shared with `dead-units` (the probe's
+    activation recording, timed as `probe: activations`); each output is reduced to
+    counts as it is produced, so memory is the model plus one copy.
 
     ## Why is this bad?
     A saturated tanh or sigmoid has a derivative near zero: gradients through it vanish,
@@ -433,6 +527,12 @@ def batch_mixing(probe: Probe) -> Iterator[Finding]:
     at the first and the middle position must have no gradient on any later token. When
     the check cannot apply (a batch of one, no input to differentiate) an info finding
     says why.
+
+    ## Cost
+    One forward pass with gradients on a float64 copy, then one backward pass per checked
+    sample (2), and for a causal model one more per sample and position (2 x 2): at most 6
+    backward passes, all through the one graph. Memory: the model plus its float64 copy
+    and the graph of one forward pass.
 
     ## Why is this bad?
     A `view`/`reshape` or `permute` that moves the batch dimension, a normalisation over

@@ -1,12 +1,14 @@
 """Numerical gradient checks on a `Probe`: the evidence behind the [grads] rules.
 
 `check_gradients` compares autograd's gradient of the loss with central finite
-differences, one parameter tensor at a time, on a float64 copy of the model in eval
-mode. Each tensor gets a few random unit directions (autograd's g·v against the
-difference quotient of the loss along v) and a few single coordinates: O(directions +
-spot checks) forward passes per tensor instead of gradcheck's two per element. A wrong
-backward shows as a relative error near 1; float noise and ReLU/max-pool kinks stay
-orders of magnitude below (see the margins in tests/test_gradients.py).
+differences on a float64 copy of the model in eval mode. One backward pass gives every
+gradient; `diag.gradient_search` compares directional derivatives over groups of tensors
+and halves the groups that disagree, so a healthy model costs a handful of forward
+passes whatever its size. The tensors it singles out get the per-tensor probes here: a
+few random unit directions (autograd's g·v against the difference quotient of the loss
+along v) and a few single coordinates, instead of gradcheck's two passes per element. A
+wrong backward shows as a relative error near 1; float noise and ReLU/max-pool kinks
+stay orders of magnitude below (see the margins in tests/test_gradients.py).
 
 `batch_mixing` backpropagates one sample's output to the whole input batch: in eval
 mode nothing else may receive a gradient, or the model mixes samples. For a causal
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from diag.probe import main_output
@@ -69,6 +71,12 @@ class TensorGradient:
     unit directions first, then single coordinates: the largest-|grad| one, then random
     ones). `relative_error` is the worst probe's |auto - num| / max(|auto|, |num|, floor).
     `kinks` counts probes redrawn because the two step sizes disagreed.
+
+    Most tensors are never probed alone: `group` > 0 says the tensor was cleared inside a
+    group of that many (the smallest such group) whose directional derivatives agreed, or
+    whose move left the loss unchanged; `relative_error` is then the worst of those
+    groups', `autograd`/`numerical` are empty, and the passes are counted on the report.
+    `group` = 0: the search singled the tensor out and these are its own probes.
     """
 
     name: str
@@ -83,6 +91,7 @@ class TensorGradient:
     verdict: str
     kinks: int = 0
     forward_passes: int = 0
+    group: int = 0
 
 
 @dataclass(frozen=True)
@@ -427,35 +436,147 @@ def _autograd(objective: _Objective, params: list[Any]) -> tuple[float, list[Any
     return value, list(grads)
 
 
+@dataclass(frozen=True)
+class GradientReport:
+    """Every tensor's verdict, and what the check cost: passes of the float64 copy.
+
+    `suspects` counts the tensors the search singled out for per-tensor probes.
+    """
+
+    tensors: list[TensorGradient]
+    forward_passes: int
+    backward_passes: int
+    suspects: int
+
+
 def check_gradients(
     probe: Probe, *, directions: int = 2, spot_checks: int = 2, seed: int = 0
 ) -> list[TensorGradient]:
     """Autograd against finite differences for every parameter tensor of the probe.
 
-    Runs on a float64 deep copy in eval mode with fixed seeds; the user's model is not
-    touched. Tensors with `requires_grad=False` are listed with verdict "frozen".
-    Raises ValueError when the probe has no loss or its loss is not a finite scalar.
+    Runs on a float64 copy in eval mode with fixed seeds; the user's model is not
+    touched. Tensors with `requires_grad=False` are listed with verdict "frozen"; tied
+    tensors (one parameter under several names) are checked once and listed under each
+    name. Raises ValueError when the probe has no loss or its loss is not a finite scalar.
     """
-    import torch
+    return gradient_report(probe, directions=directions, spot_checks=spot_checks, seed=seed).tensors
+
+
+def gradient_report(
+    probe: Probe, *, directions: int = 2, spot_checks: int = 2, seed: int = 0
+) -> GradientReport:
+    """`check_gradients` with its cost.
+
+    One backward pass gives every gradient; `diag.gradient_search` then compares
+    directional derivatives over groups of tensors (`directions` independent ones) and
+    halves the groups that disagree, and only the tensors it singles out get the
+    per-tensor probes (`directions` random directions and `spot_checks` coordinates).
+    """
+    from diag.gradient_search import find_dependent, find_mismatches
 
     with _private_rng():
         objective = _Objective(probe, seed)
-        named = list(objective.model.named_parameters())
-        trainable = [param for _, param in named if param.requires_grad]
-        _, grads = _autograd(objective, trainable)
-        loss = objective.value()  # the no-grad baseline the one-sided quotients start from
-        grad_of = dict(zip(map(id, trainable), grads, strict=True))
+        units, frozen = _units(objective, probe)
+        _, grads = _autograd(objective, [unit.param for unit in units])
+        loss = objective.value()  # the no-grad baseline every quotient starts from
+        live = [unit for unit, grad in zip(units, grads, strict=True) if _keep(unit, grad)]
+        del grads
+        dead = [unit for unit in units if unit.grad is None or not bool(unit.grad.any())]
+        mismatches = find_mismatches(objective, live, loss, directions=directions, seed=seed)
+        dependent = find_dependent(objective, dead, loss, seed=seed)
+        suspects = {id(u) for u in mismatches.suspects + dependent.suspects}
+        cleared = _cleared_errors(mismatches.cleared + dependent.cleared)
         plan = _plan(directions, spot_checks)
-        results = []
-        for index, (name, param) in enumerate(named):
-            if not param.requires_grad:
-                results.append(_frozen(name, param))
-                continue
-            # one generator per tensor: its probes do not depend on the tensors before it
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
-            grad = grad_of[id(param)]
-            results.append(_check_tensor(objective, name, param, grad, loss, plan, gen))
-    return results
+        results = {name: _frozen(name, param) for name, param in frozen}
+        for unit in units:
+            if id(unit) in suspects:
+                found = _examine(objective, unit, loss, plan, seed)
+            else:
+                found = _cleared(unit, *cleared[id(unit)])
+            results.update((name, replace(found, name=name)) for name in unit.names)
+    order = [name for name, _ in probe.model.named_parameters(remove_duplicate=False)]
+    return GradientReport([results[n] for n in order], objective.passes, 1, len(suspects))
+
+
+def _units(objective: _Objective, probe: Probe) -> tuple[list[Any], list[tuple[str, Any]]]:
+    """One unit per trainable parameter object (tied names together), and the frozen ones."""
+    from diag.gradient_search import Unit
+
+    originals = dict(probe.model.named_parameters(remove_duplicate=False))
+    units: dict[int, Unit] = {}
+    frozen, seen = [], {}
+    for name, param in objective.model.named_parameters(remove_duplicate=False):
+        # the index a tensor had before tied names were listed: its probes' seed
+        index = seen.setdefault(id(param), len(seen))
+        if not param.requires_grad:
+            frozen.append((name, param))
+        elif id(param) in units:
+            unit = units[id(param)]
+            unit.names = (*unit.names, name)
+        else:
+            scale = max(float(param.detach().pow(2).mean().sqrt()), MIN_SCALE)
+            units[id(param)] = Unit((name,), index, param, originals[name].detach(), scale=scale)
+    return list(units.values()), frozen
+
+
+def _keep(unit: Any, grad: Any) -> bool:
+    """Store autograd's gradient on the unit (compactly) and say whether it is nonzero.
+
+    float32 halves the memory of a float32 model's gradients; its rounding (6e-8) is far
+    below every tolerance. A gradient float32 would flush to zero or overflow stays float64.
+    """
+    import torch
+
+    if grad is None:
+        return False
+    grad = grad.detach()
+    nonzero = bool(grad.any())
+    if unit.origin.dtype != torch.float64:
+        small = grad.to(torch.float32)
+        if bool(small.any()) == nonzero and bool(
+            small.isfinite().all() or not grad.isfinite().all()
+        ):
+            grad = small
+    unit.grad = grad
+    return nonzero
+
+
+def _cleared_errors(groups: list[Any]) -> dict[int, tuple[float, int]]:
+    """Per unit: the worst error over the groups that cleared it, and the smallest group."""
+    out: dict[int, tuple[float, int]] = {}
+    for group in groups:
+        for unit in group.units:
+            error, size = out.get(id(unit), (0.0, len(group.units)))
+            out[id(unit)] = (max(error, group.error), min(size, len(group.units)))
+    return out
+
+
+def _examine(objective: _Objective, unit: Any, loss: float, plan: list[str], seed: int) -> Any:
+    """The per-tensor probes of one suspect (a generator per tensor, as it always had)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + unit.index)
+    grad = None if unit.grad is None else unit.grad.to(unit.param.dtype)
+    return _check_tensor(objective, unit.names[0], unit.param, grad, loss, plan, gen)
+
+
+def _cleared(unit: Any, error: float, group: int) -> TensorGradient:
+    """A tensor whose group agreed (with a gradient) or left the loss unchanged (without)."""
+    grad_none = unit.grad is None
+    grad_zero = not grad_none and not bool(unit.grad.any())
+    return TensorGradient(
+        name=unit.names[0],
+        shape=tuple(unit.param.shape),
+        numel=unit.param.numel(),
+        autograd=(),
+        numerical=(),
+        relative_error=error,
+        grad_none=grad_none,
+        grad_zero=grad_zero,
+        depends=not (grad_none or grad_zero),
+        verdict=_verdict(grad_none, grad_zero, False, error),
+        group=group,
+    )
 
 
 # ------------------------------------------------------------------------ batch mixing

@@ -163,9 +163,9 @@ def test_the_activation_recording_is_one_pass_shared_and_timed(cnn, gpt) -> None
             result = run_rules(run, specs)
         within(passes, "probe: activations")
         assert passes.forward == 1
-        timings = list(result.metadata["timings"])
+        timings = result.metadata["timings"]
         # shown like a rule, just before the first rule that needed it
-        assert timings[0] == "probe: activations"
+        assert next(iter(timings)) == "probe: activations"
         assert set(timings) == {"probe: activations", "saturated-activations", "dead-units"}
 
 
@@ -201,3 +201,13 @@ def test_docs_state_the_cost_the_tests_count() -> None:
     assert f"{cost.forward} and {cost.backward} by default" in docs["overfit-one-batch"]
     assert f"at most {grads.COSTS['batch-mixing'].backward}" in docs["batch-mixing"]
     assert "shared with `dead-units`" in docs["saturated-activations"]
+
+
+def test_the_gradient_check_is_timed_once_like_a_rule(cnn) -> None:
+    specs = select_rules(load_rules(), ["gradient-mismatch", "gradient-disconnected"])
+    run = Run(probe=cnn["healthy"])
+    result = run_rules(run, specs)
+    timings = result.metadata["timings"]
+    assert next(iter(timings)) == "probe: gradients"  # it ran first, inside the first rule
+    assert set(timings) == {"probe: gradients", "gradient-mismatch", "gradient-disconnected"}
+    assert timings["probe: gradients"] == run.work_timings["probe: gradients"] > 0

@@ -88,31 +88,33 @@ class _Numbers:
 
 
 class _Mover:
-    """Moves groups of tensors along one direction and measures the loss there."""
+    """Moves groups of tensors along one direction and measures the loss there.
+
+    The direction is random signs times each tensor's rms: every coordinate moves by
+    exactly `step` x its tensor's scale, and the signs take one byte per parameter (an
+    eighth of a float64 copy); g·v and the moves use exactly these values.
+    """
 
     def __init__(self, objective: Any, units: list[Unit], k: int, seed: int) -> None:
         import torch
 
-        self.objective, self.k = objective, k
-        self.direction: dict[int, Any] = {}
-        peak = 0.0
+        self.objective, self.k, self.step = objective, k, STEP
+        self.signs: dict[int, Any] = {}
         for unit in units:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (k + 1) + unit.index)
-            # float32 halves the memory; the move and g·v use exactly these values
-            z = torch.randn(unit.param.shape, generator=gen, dtype=torch.float32)
-            v = z.mul_(unit.scale)
-            self.direction[id(unit)] = v
+            signs = torch.randint(0, 2, unit.param.shape, generator=gen, dtype=torch.int8)
+            self.signs[id(unit)] = signs.mul_(2).sub_(1)
             if unit.grad is not None:
-                unit.parts[k] = float((unit.grad.double() * v).sum())
-            peak = max(peak, float(v.abs().max()) / unit.scale) if v.numel() else peak
-        self.step = STEP / max(peak, 1e-30)
+                dot = (unit.grad.double() * self.signs[id(unit)]).sum()
+                unit.parts[k] = float(dot) * unit.scale
 
     def loss_at(self, units: list[Unit], step: float) -> float:
         import torch
 
         with torch.no_grad():
             for unit in units:
-                unit.param.copy_(unit.origin).add_(self.direction[id(unit)], alpha=step)
+                move = self.signs[id(unit)]
+                unit.param.copy_(unit.origin).add_(move, alpha=step * unit.scale)
         try:
             return self.objective.value()
         finally:
@@ -128,28 +130,34 @@ class _Mover:
         return _Numbers(sum(parts), central, math.sqrt(sum(p * p for p in parts)))
 
 
-def _error(numbers: _Numbers, loss: float) -> float:
-    """The group's smallest relative error over its steps, with rounding forgiven."""
-    best = math.inf
+def _error(numbers: _Numbers, loss: float) -> tuple[float, bool]:
+    """The group's smallest relative error over its steps, and whether it agrees.
+
+    It agrees when the gap is within SCREEN_RTOL of the derivative's size plus the
+    quotient's rounding noise, ROUNDING x eps x |loss| / step.
+    """
+    best, agrees = math.inf, False
     for step, central in numbers.central.items():
         if not math.isfinite(central):
             continue
+        size = max(abs(numbers.auto), abs(central), numbers.spread, 1e-300)
+        gap = abs(numbers.auto - central)
         noise = ROUNDING * FLOAT64_EPS * max(abs(loss), 1e-30) / step
-        gap = max(abs(numbers.auto - central) - noise, 0.0)
-        best = min(best, gap / max(abs(numbers.auto), abs(central), numbers.spread, 1e-300))
-    return best
+        best = min(best, gap / size)
+        agrees = agrees or gap <= SCREEN_RTOL * size + noise
+    return best, agrees
 
 
-def _measure(mover: _Mover, units: list[Unit], loss: float) -> tuple[_Numbers, float]:
+def _measure(mover: _Mover, units: list[Unit], loss: float) -> tuple[_Numbers, float, bool]:
     """Coarse step first; the finer one only when the coarse disagrees (a kink, a bend)."""
     numbers = mover.numbers(units, (mover.step,))
-    error = _error(numbers, loss)
-    if error > SCREEN_RTOL:
+    error, agrees = _error(numbers, loss)
+    if not agrees:
         fine = mover.step / SHRINK
         both = {**numbers.central, fine: mover.central(units, fine)}
         numbers = _Numbers(numbers.auto, both, numbers.spread)
-        error = _error(numbers, loss)
-    return numbers, error
+        error, agrees = _error(numbers, loss)
+    return numbers, error, agrees
 
 
 def _rest(whole: _Numbers, part: _Numbers, units: list[Unit], k: int) -> _Numbers:
@@ -168,22 +176,22 @@ def _bisect(
         return
     half = len(units) // 2
     first, second = units[:half], units[half:]
-    first_numbers, first_error = _measure(mover, first, loss)
+    first_numbers, first_error, first_agrees = _measure(mover, first, loss)
     second_numbers = _rest(numbers, first_numbers, second, mover.k)
-    second_error = _error(second_numbers, loss)
-    for part, part_numbers, error in (
-        (first, first_numbers, first_error),
-        (second, second_numbers, second_error),
+    second_error, second_agrees = _error(second_numbers, loss)
+    for part, part_numbers, error, agrees in (
+        (first, first_numbers, first_error, first_agrees),
+        (second, second_numbers, second_error, second_agrees),
     ):
-        if error <= SCREEN_RTOL:
+        if agrees:
             found.cleared.append(Cleared(tuple(part), error))
         else:
             _bisect(mover, part, part_numbers, loss, found)
 
 
 def _screen_then_bisect(mover: _Mover, units: list[Unit], loss: float, found: Search) -> None:
-    numbers, error = _measure(mover, units, loss)
-    if error <= SCREEN_RTOL:
+    numbers, error, agrees = _measure(mover, units, loss)
+    if agrees:
         found.cleared.append(Cleared(tuple(units), error))
     else:
         _bisect(mover, units, numbers, loss, found)
@@ -217,21 +225,11 @@ def find_mismatches(
 
 def _moves_loss(objective: Any, units: list[Unit], loss: float, seed: int) -> bool:
     """Does moving these tensors change the loss: a small random step, then a large one?"""
-    import torch
-
     floor = NOISE_RTOL * max(abs(loss), 1e-30)
     mover = _Mover(objective, units, -1, seed)
-    for step in (mover.step, -mover.step):
-        moved = mover.loss_at(units, step)
-        if not math.isfinite(moved) or abs(moved - loss) > floor:
-            return True
     # A loss piecewise constant in them (an integer cast, round) shows nothing at a small
     # step: every coordinate by +-JUMP x its tensor's rms reveals it.
-    for unit in units:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + unit.index)
-        signs = torch.randint(0, 2, unit.param.shape, generator=gen, dtype=torch.float32)
-        mover.direction[id(unit)] = signs.mul_(2).sub_(1).mul_(unit.scale)
-    for step in (JUMP, -JUMP):
+    for step in (STEP, -STEP, JUMP, -JUMP):
         moved = mover.loss_at(units, step)
         if not math.isfinite(moved) or abs(moved - loss) > floor:
             return True

@@ -419,8 +419,12 @@ def _frozen(name: str, param: Any) -> TensorGradient:
     )
 
 
-def _autograd(objective: _Objective, params: list[Any]) -> tuple[float, list[Any]]:
-    """The loss and its gradient for every tensor, from a single backward pass."""
+def _autograd(objective: _Objective, units: list[Any]) -> float:
+    """The loss, and every unit's gradient from a single backward pass (on `unit.grad`).
+
+    Each gradient is stored (compactly, `_keep`) the moment autograd has summed it, and
+    dropped from the float64 copy: the full float64 gradient never exists at once.
+    """
     import torch
 
     with torch.enable_grad():
@@ -430,10 +434,23 @@ def _autograd(objective: _Objective, params: list[Any]) -> tuple[float, list[Any
     value = float(loss.detach())
     if not math.isfinite(value):
         raise ValueError(f"the loss is not finite on the batch ({value})")
-    if not loss.requires_grad or not params:  # every path from the parameters is cut
-        return value, [None] * len(params)
-    grads = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
-    return value, list(grads)
+    if not loss.requires_grad or not units:  # every path from the parameters is cut
+        return value
+
+    def keeper(unit: Any) -> Any:
+        def hook(param: Any) -> None:
+            _keep(unit, param.grad)
+            param.grad = None
+
+        return hook
+
+    handles = [u.param.register_post_accumulate_grad_hook(keeper(u)) for u in units]
+    try:
+        loss.reshape(()).backward(inputs=[u.param for u in units])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return value
 
 
 @dataclass(frozen=True)
@@ -477,11 +494,10 @@ def gradient_report(
     with _private_rng():
         objective = _Objective(probe, seed)
         units, frozen = _units(objective, probe)
-        _, grads = _autograd(objective, [unit.param for unit in units])
+        _autograd(objective, units)
         loss = objective.value()  # the no-grad baseline every quotient starts from
-        live = [unit for unit, grad in zip(units, grads, strict=True) if _keep(unit, grad)]
-        del grads
-        dead = [unit for unit in units if unit.grad is None or not bool(unit.grad.any())]
+        live = [unit for unit in units if unit.grad is not None and bool(unit.grad.any())]
+        dead = [unit for unit in units if unit not in live]
         mismatches = find_mismatches(objective, live, loss, directions=directions, seed=seed)
         dependent = find_dependent(objective, dead, loss, seed=seed)
         suspects = {id(u) for u in mismatches.suspects + dependent.suspects}
@@ -519,8 +535,8 @@ def _units(objective: _Objective, probe: Probe) -> tuple[list[Any], list[tuple[s
     return list(units.values()), frozen
 
 
-def _keep(unit: Any, grad: Any) -> bool:
-    """Store autograd's gradient on the unit (compactly) and say whether it is nonzero.
+def _keep(unit: Any, grad: Any) -> None:
+    """Store autograd's gradient on the unit, compactly.
 
     float32 halves the memory of a float32 model's gradients; its rounding (6e-8) is far
     below every tolerance. A gradient float32 would flush to zero or overflow stays float64.
@@ -528,7 +544,7 @@ def _keep(unit: Any, grad: Any) -> bool:
     import torch
 
     if grad is None:
-        return False
+        return
     grad = grad.detach()
     nonzero = bool(grad.any())
     if unit.origin.dtype != torch.float64:
@@ -538,7 +554,6 @@ def _keep(unit: Any, grad: Any) -> bool:
         ):
             grad = small
     unit.grad = grad
-    return nonzero
 
 
 def _cleared_errors(groups: list[Any]) -> dict[int, tuple[float, int]]:

@@ -76,7 +76,8 @@ class TensorGradient:
     group of that many (the smallest such group) whose directional derivatives agreed, or
     whose move left the loss unchanged; `relative_error` is then the worst of those
     groups', `autograd`/`numerical` are empty, and the passes are counted on the report.
-    `group` = 0: the search singled the tensor out and these are its own probes.
+    `group` = 0: the search singled the tensor out and these are its own probes. `tied`
+    names the other names of the same parameter (GPT-2's `wte` and `lm_head`).
     """
 
     name: str
@@ -92,6 +93,7 @@ class TensorGradient:
     kinks: int = 0
     forward_passes: int = 0
     group: int = 0
+    tied: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -509,7 +511,9 @@ def gradient_report(
                 found = _examine(objective, unit, loss, plan, seed)
             else:
                 found = _cleared(unit, *cleared[id(unit)])
-            results.update((name, replace(found, name=name)) for name in unit.names)
+            for name in unit.names:
+                tied = tuple(n for n in unit.names if n != name)
+                results[name] = replace(found, name=name, tied=tied)
     order = [name for name, _ in probe.model.named_parameters(remove_duplicate=False)]
     return GradientReport([results[n] for n in order], objective.passes, 1, len(suspects))
 

@@ -42,19 +42,22 @@ def write_run(folder: Path, count: int, mb: int) -> None:
         save_file(state, folder / f"ckpt_{(k + 1) * 100:06d}.safetensors")
 
 
-def measure(folder: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one `diag check` process (page cache warm)."""
+def measure(folder: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB) of one `diag check` process (page cache
+    warm). CPU time is the steadier number on a shared machine."""
     cmd = [sys.executable, "-m", "diag", "check", str(folder), "-q", "--isolated",
            "--select", "params", "--format", "json", "-o", os.devnull]  # fmt: skip
     subprocess.run(cmd, check=False, capture_output=True)  # warm the page cache
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         raise SystemExit(proc.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu
+    return seconds, cpu, max(usage.ru_maxrss, before) / 1024
 
 
 def main() -> None:
@@ -64,13 +67,13 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     print(f"diag check RUN_DIR, --select params, checkpoints of about {args.mb} MB each")
-    print(f"{'checkpoints':>11} {'wall s':>8} {'s/ckpt':>7} {'peak RSS MB':>12}")
+    print(f"{'checkpoints':>11} {'wall s':>8} {'CPU s':>7} {'CPU s/ckpt':>11} {'peak RSS MB':>12}")
     with tempfile.TemporaryDirectory(prefix="diag-bench-history-") as tmp:
         for count in counts:
             folder = Path(tmp) / f"run{count}"
             write_run(folder, count, args.mb)
-            seconds, peak = measure(folder)
-            print(f"{count:>11} {seconds:>8.2f} {seconds / count:>7.2f} {peak:>12.0f}")
+            seconds, cpu, peak = measure(folder)
+            print(f"{count:>11} {seconds:>8.2f} {cpu:>7.2f} {cpu / count:>11.2f} {peak:>12.0f}")
             for f in folder.iterdir():
                 f.unlink()
     print("peak RSS is of the largest run so far (RUSAGE_CHILDREN keeps the maximum)")

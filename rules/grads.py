@@ -33,6 +33,9 @@ class Cost:
 
 OVERFIT_STEPS = 50
 OVERFIT_SAMPLES = 8
+# Fan-in up to which a weight takes overfit-one-batch's full step; the calibration models
+# (digits CNN, tiny GPT-2) are all within it, a 768-wide GPT-2 is not.
+OVERFIT_WIDTH = 256
 MIXING_SAMPLES = 2  # diag.gradients.batch_mixing's default
 # What each probe rule costs at its default options; its docs say the same in words, and
 # tests/test_probe_budgets.py counts the passes on real models. The activation recording
@@ -225,13 +228,14 @@ def overfit_one_batch(
     ## What it does
     Trains a copy of the model on the first `samples` samples of the batch alone (eval
     mode, so dropout and BatchNorm's batch statistics do not get in the way) for up to
-    `steps` steps of sign descent (each weight moves by `lr` against the sign of its
-    gradient: Adam's first step, without the moment estimates that would cost two more
-    copies of the model), and judges the trend: it fires when the loss never falls
-    below `target` times its starting value and is no longer falling fast (over the last
-    fifth of the steps it did not halve). A set-up that works reaches the target in tens
-    of steps on a few samples; one that cannot learn levels off well above it. The
-    finding says how far it got.
+    `steps` steps of sign descent: each weight moves by `lr` against the sign of its
+    gradient (Adam's first step, without the moment estimates that would cost two more
+    copies of the model), a layer with more than 256 inputs per unit by `lr` x 256 /
+    fan-in (n coherent steps add up n-fold in each output). It judges the trend: it
+    fires when the loss never falls below `target` times its starting value and is no
+    longer falling fast (over the last fifth of the steps it did not halve). A set-up
+    that works reaches the target in tens of steps on a few samples, at any width; one
+    that cannot learn levels off well above it. The finding says how far it got.
 
     ## Cost
     At most `steps` + 1 forward and `steps` backward passes (51 and 50 by default) on at
@@ -328,7 +332,9 @@ class _SignDescent:
 
         with torch.no_grad():
             for param, sign in self.pending.values():
-                param.sub_(sign.to(param.dtype), alpha=lr)
+                fan_in = param.numel() // param.shape[0] if param.ndim >= 2 else 1
+                scale = min(1.0, OVERFIT_WIDTH / fan_in)
+                param.sub_(sign.to(param.dtype), alpha=lr * scale)
         self.pending.clear()
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """The gradient check's cost as a multiple of one float32 forward+backward, on three models.
 
-    .venv/bin/python bench/bench_gradients.py [--skip-gradcheck] [--skip-gpt] [--size 64]
-        [--batch 4] [--gpt-steps 3] [--dir /tmp/diag-bench-gradients]
+    .venv/bin/python bench/bench_gradients.py [--skip-gradcheck] [--parts cnn,resnet,gpt]
+        [--size 64] [--batch 4] [--gpt-steps 3] [--dir /tmp/diag-bench-gradients]
 
 Every row runs in a fresh interpreter (so its peak RSS is its own) that first times one
 float32 forward+backward of the same model on the same batch (F, the median of 3 after a
@@ -224,16 +224,16 @@ def probe_for(model_name: str, variant: str, args: argparse.Namespace) -> Probe:
     return Probe(model.eval(), (ids,), ids, next_token_loss, "next token", "gpt", "-")
 
 
-def one_fb(probe: Probe) -> float:
-    """One float32 forward+backward of the probe's model on its batch: the unit F."""
+def fb_times(probe: Probe, repeats: int = 3) -> list[float]:
+    """Float32 forward+backward times of the probe's model on its batch (after a warm-up)."""
     times = []
-    for _ in range(4):
+    for _ in range(repeats + 1):
         probe.model.zero_grad(set_to_none=True)
         start = time.perf_counter()
         probe.loss().backward()
         times.append(time.perf_counter() - start)
     probe.model.zero_grad(set_to_none=True)
-    return statistics.median(times[1:])
+    return times[1:]
 
 
 def run_diag(probe: Probe) -> dict[str, Any]:
@@ -296,8 +296,10 @@ def run_group(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child(model_name: str, variant: str, tool: str, args: argparse.Namespace) -> None:
+    """One row. F, the unit, is the median of float32 forward+backward times taken before
+    and after the tool: the load of a shared machine changes while the tool runs."""
     probe = probe_for(model_name, variant, args)
-    unit = one_fb(probe)
+    before = fb_times(probe)
     if tool == "grads group":
         del probe  # the check loads its own model from the checkpoint
     _reset_peak()
@@ -309,7 +311,10 @@ def child(model_name: str, variant: str, tool: str, args: argparse.Namespace) ->
     else:
         out = run_group(variant, args)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "unit": unit, "peak_mib": _peak_mib(), **out}))
+    peak = _peak_mib()
+    probe = probe_for(model_name, variant, args)  # gradcheck cast its own to float64
+    unit = statistics.median(before + fb_times(probe))
+    print(json.dumps({"seconds": seconds, "unit": unit, "peak_mib": peak, **out}))
 
 
 def _reset_peak() -> None:
@@ -364,7 +369,7 @@ def row(model_name: str, variant: str, tool: str, args: argparse.Namespace) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-gradcheck", action="store_true")
-    parser.add_argument("--skip-gpt", action="store_true")
+    parser.add_argument("--parts", default="cnn,resnet,gpt", help="comma list of models")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--gpt-steps", type=int, default=3)
@@ -380,12 +385,13 @@ def main() -> None:
         f"{'model':7s} {'variant':8s} {'tool':12s} {'F s':>7s} {'time s':>9s} {'x F':>8s} "
         f"{'passes':>8s} {'peak MiB':>9s}  verdict"
     )
+    parts = args.parts.split(",")
     tools = ["diag"] + ([] if args.skip_gradcheck else ["gradcheck"])
     for model_name, its_tools in (("cnn", tools), ("resnet", ["diag"])):
-        for variant in ("healthy", "broken"):
+        for variant in ("healthy", "broken") if model_name in parts else ():
             for tool in its_tools:
                 row(model_name, variant, tool, args)
-    if not args.skip_gpt:
+    if "gpt" in parts:
         prepare_gpt(args)
         for variant in ("healthy", "broken"):
             for tool in ("diag", "grads group"):

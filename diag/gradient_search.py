@@ -32,6 +32,13 @@ from typing import Any
 
 from diag.gradients import JUMP, MIN_SCALE, NOISE_RTOL, SHRINK, STEP
 
+# A group's move: every coordinate by SCREEN_STEP x its tensor's rms. Far below the
+# per-tensor probes' STEP, because a move of every tensor at once crosses every ReLU and
+# max-pool kink close to it (a ResNet-18 at 1e-5 met kinks in most screens); float64
+# still resolves it (the quotient's rounding error is 2.5e-8 of the derivative at 1e-7
+# on a GPT-2-small shape).
+SCREEN_STEP = 1e-7
+
 # A group agrees when |autograd - central| is within SCREEN_RTOL of the size of its
 # directional derivative (at least the root sum of squares of its tensors' parts, so a
 # sum that cancels is not held to a tighter bound) plus the rounding noise. Measured on
@@ -98,7 +105,7 @@ class _Mover:
     def __init__(self, objective: Any, units: list[Unit], k: int, seed: int) -> None:
         import torch
 
-        self.objective, self.k, self.step = objective, k, STEP
+        self.objective, self.k, self.step = objective, k, SCREEN_STEP
         self.signs: dict[int, Any] = {}
         for unit in units:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (k + 1) + unit.index)

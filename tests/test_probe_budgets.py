@@ -8,9 +8,10 @@ with faults that make the rules use their whole budget (a softmax before the los
 that ignores its tokens: neither ever reaches overfit-one-batch's target).
 
 overfit-one-batch over seeds 0-2 x default/AVX2 kernels (digits CNN of `diag demo`, tiny
-GPT-2): healthy runs reach 5% of the start in at most 30 of the 50 steps and 0.29% by the
-last; the faults stay at 19.7% (tokens ignored) and 71% (softmax) or more, their loss
-falling at most 1.20x over the last ten steps (the rule spares a loss still halving).
+GPT-2): healthy runs reach 5% of the start in at most 42 of the 50 steps (the CNN, seed 1;
+the GPT in at most 28) and 2.6% by the last; the faults stay at 18.6% (tokens ignored)
+and 72% (softmax) or more, their loss falling at most 1.18x over the last ten steps (the
+rule spares a loss still halving).
 """
 
 from __future__ import annotations
@@ -132,9 +133,9 @@ def test_overfit_one_batch_keeps_to_its_budget_and_still_tells_faults(cnn, gpt) 
         cost = grads.COSTS["overfit-one-batch"]
         if found:  # a fault: the whole budget was spent, none of it wasted
             assert (passes.forward, passes.backward) == (cost.forward, cost.backward)
-            assert found[0].evidence["ratio"] > 0.1  # measured >= 0.197; target 0.05
-            assert found[0].evidence["recent_fall"] < 1.5  # measured <= 1.20; 2.0 spares
-        else:  # healthy: the target was reached early (measured <= 30 steps of 50)
+            assert found[0].evidence["ratio"] > 0.1  # measured >= 0.186; target 0.05
+            assert found[0].evidence["recent_fall"] < 1.5  # measured <= 1.18; 2.0 spares
+        else:  # healthy: the target was reached early (measured <= 42 steps of 50)
             assert passes.backward < cost.backward
     # healthy CNN, softmax before the loss, healthy GPT, GPT ignoring its tokens
     assert verdicts == [False, True, False, True]

@@ -9,6 +9,7 @@ from typing import Any
 
 from diag.errors import DiagError
 from diag.model import Finding, Result, RuleError, Skipped
+from diag.probe import threads_for
 from diag.progress import Progress
 from diag.registry import RuleSpec
 from diag.run import MISSING_FLAGS, MISSING_REASONS, Run
@@ -40,7 +41,7 @@ def run_rules(
         total += 1
         bar.describe(label, total)
 
-    with bar as advance:
+    with bar as advance, threads_for(getattr(run, "probe", None)):
         if hasattr(run, "on_work"):
             run.on_work = on_work
         try:

@@ -220,3 +220,16 @@ def test_the_gradient_check_is_timed_once_like_a_rule(cnn) -> None:
     assert next(iter(timings)) == "probe: gradients"  # it ran first, inside the first rule
     assert set(timings) == {"probe: gradients", "gradient-mismatch", "gradient-disconnected"}
     assert timings["probe: gradients"] == run.work_timings["probe: gradients"] > 0
+
+
+def test_a_small_probe_runs_on_one_thread_and_gives_the_threads_back(cnn, gpt) -> None:
+    from diag.probe import threads_for
+
+    torch.set_num_threads(2)
+    try:
+        for probe in (cnn["healthy"], gpt["healthy"]):
+            with threads_for(probe):
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

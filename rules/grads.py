@@ -465,10 +465,10 @@ def gradient_mismatch(
     ## Cost
     In float64 passes of the model: one forward and backward, one forward for the
     baseline, then 2 forwards per direction (4 when a kink needs the finer step), so 6 to
-    10 on a healthy model of any size (a 124M-parameter GPT-2 shape: 6). Each tensor at
-    fault adds 2 to 4 per halving (log2 of the tensor count) and 8 to 16 for its own
-    probes (46 passes in all for one wrong block of that GPT-2). Memory: the float64 copy
-    of the model, its gradient in float32 and one sign byte per parameter.
+    10 on a healthy model of any size (a 124M-parameter GPT-2 shape, a ResNet-18: 6).
+    Each tensor at fault adds 2 per halving (log2 of the tensor count) and 8 to 16 for
+    its own probes (40 passes in all for one wrong layer of that GPT-2). Memory: the
+    float64 copy of the model, its gradient in float32 and one sign byte per parameter.
 
     ## Why is this bad?
     A wrong backward (a custom `autograd.Function` missing a factor, with a wrong sign or

@@ -313,6 +313,10 @@ def dead_units(
     from dying ReLUs (a learning rate or weight decay too high, a large negative bias),
     or from masking and pruning applied by mistake.
 
+    ## Cost
+    From the weights: none beyond the one read of the checkpoint. The activation half
+    shares one forward pass with `saturated-activations`, timed as `probe: activations`.
+
     ## How to fix
     Lower the learning rate or weight decay, initialise biases at zero or slightly
     positive, use a leaky activation, or check masks and pruning code. If the units were

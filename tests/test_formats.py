@@ -493,3 +493,14 @@ def test_run_check_writes_the_format(planted, fmt, tmp_path):
         _assert_counts_match(ET.fromstring(text.encode()))
     else:
         assert text.splitlines()[-1].startswith("::notice title=diag::Found 1 error")
+
+
+def test_junit_counts_shared_probe_work_in_time_not_as_a_testcase():
+    result = canonical_result()
+    timings = {**result.metadata.get("timings", {}), "probe: gradients": 2.5}
+    meta = {**result.metadata, "timings": timings}
+    suite = ET.fromstring(render("junit", dataclasses.replace(result, metadata=meta)))
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    names = [case.get("name") for case in suite.iter("testcase")]
+    assert "probe: gradients" not in names and names
+    assert float(suite.get("time")) >= 2.5

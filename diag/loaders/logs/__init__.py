@@ -25,6 +25,19 @@ _SIDES |= {"eval": "val", "valid": "val", "test": "test"}
 Reader = Callable[[Path], list[LogRun]]
 
 
+def is_folder(path: Path) -> bool:
+    """Whether a log path is a folder (else a file); InputError when it is neither."""
+    try:
+        if path.is_dir():
+            return True
+        if not path.is_file():
+            cause = "not a file or folder" if path.exists() else "no such file or folder"
+            raise InputError(path, cause)
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    return False
+
+
 def open_logs(path: Path) -> list[LogRun]:
     """Every run in a log file or folder. Raises InputError when there is none."""
     if path.is_symlink() and not path.exists():

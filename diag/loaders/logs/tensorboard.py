@@ -46,6 +46,7 @@ import google_crc32c
 import numpy as np
 
 from diag.errors import InputError
+from diag.loaders.logs import is_folder
 from diag.loaders.logs.protowire import (
     Malformed,
     delimited,
@@ -108,13 +109,7 @@ def read_tensorboard(path: Path) -> list[LogRun]:
     damage raises `InputError` naming the file.
     """
     path = Path(path)
-    try:
-        is_dir = path.is_dir()
-        if not is_dir and not path.is_file():
-            cause = "not a file or folder" if path.exists() else "no such file or folder"
-            raise InputError(path, cause)
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    is_dir = is_folder(path)
     if not is_dir:
         return [_read_run(path, [path], run="")]
     groups = _find_event_files(path)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from diag.errors import InputError
+from diag.loaders.logs import is_folder
 from diag.loaders.logs.protowire import (
     MAX_GROUP_DEPTH,
     Malformed,
@@ -169,13 +170,7 @@ def read_wandb(path: Path) -> list[LogRun]:
     other damage raises `InputError` naming the file.
     """
     path = Path(path)
-    try:
-        is_dir = path.is_dir()
-        if not is_dir and not path.is_file():
-            cause = "not a file or folder" if path.exists() else "no such file or folder"
-            raise InputError(path, cause)
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from exc
+    is_dir = is_folder(path)
     files = find_wandb_files(path) if is_dir else [path]
     if not files:
         raise InputError(path, "no W&B run files (run-*.wandb) in this folder")

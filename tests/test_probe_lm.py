@@ -12,25 +12,16 @@ SIMD kernels: the numbers next to each assert are the worst over those 9 runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from lm_probe_runs import SEEDS, LmRun, measure, shared_run
 
 from diag.api import CheckOptions, check
 from diag.gradients import LEAK_RTOL, MISMATCH_RTOL
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two cores shared by several processes: two threads each thrash (measured 30x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ checkpoints, and the movement since the reference (the first of the sequence).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -225,7 +224,3 @@ def intervals_unchanged(path: Trajectory) -> int:
             break
         count += 1
     return count
-
-
-def finite(values: Iterable[float]) -> list[float]:
-    return [v for v in values if math.isfinite(v)]

@@ -29,6 +29,7 @@ class Cost:
     backward: int
     precision: str = "float32"
     samples: int | None = None
+    tokens: int | None = None  # positions per sample, for a causal language model
 
 
 OVERFIT_STEPS = 50
@@ -37,6 +38,12 @@ OVERFIT_SAMPLES = 8
 # every layer an untrained 12-block, 768-wide GPT-2 was still at 21% after 50 steps; 64
 # brings it under 5% in about 26, and the calibration models stay as fast.
 OVERFIT_WIDTH = 64
+# Tokens per sample a causal language model is overfitted on: a GPT-2-small shape spends
+# most of a pass in its 50,257-way output layer, so the cost is linear in tokens, and 32
+# positions of a few samples are as easy to memorise as 64 (measured: 2 x 32 tokens
+# reach the target in fewer steps than 2 x 64). The first positions of a causal model
+# depend only on each other, so the cut leaves the task what it was.
+OVERFIT_TOKENS = 32
 MIXING_SAMPLES = 2  # diag.gradients.batch_mixing's default
 # What each probe rule costs at its default options; its docs say the same in words, and
 # tests/test_probe_budgets.py counts the passes on real models. The activation recording
@@ -46,7 +53,10 @@ COSTS = {
     "input-independence": Cost(forward=4, backward=0, precision="float64"),
     "batch-mixing": Cost(forward=1, backward=3 * MIXING_SAMPLES, precision="float64"),
     "overfit-one-batch": Cost(
-        forward=OVERFIT_STEPS + 1, backward=OVERFIT_STEPS, samples=OVERFIT_SAMPLES
+        forward=OVERFIT_STEPS + 1,
+        backward=OVERFIT_STEPS,
+        samples=OVERFIT_SAMPLES,
+        tokens=OVERFIT_TOKENS,
     ),
     "probe: activations": Cost(forward=1, backward=0),
 }
@@ -221,18 +231,20 @@ def overfit_one_batch(
     *,
     steps: int = OVERFIT_STEPS,
     samples: int = OVERFIT_SAMPLES,
+    tokens: int = OVERFIT_TOKENS,
     lr: float = 3e-3,
     target: float = 0.05,
 ) -> Iterator[Finding]:
     """A model that cannot drive its loss close to zero on a single batch.
 
     ## What it does
-    Trains a copy of the model on the first `samples` samples of the batch alone (eval
-    mode, so dropout and BatchNorm's batch statistics do not get in the way) for up to
-    `steps` steps of sign descent: each weight moves by `lr` against the sign of its
-    gradient (Adam's first step, without the moment estimates that would cost two more
-    copies of the model), a layer with more than 64 inputs per unit by `lr` x 64 /
-    fan-in (n coherent steps add up n-fold in each output). It judges the trend: it
+    Trains a copy of the model on the first `samples` samples of the batch alone (for a
+    causal language model, their first `tokens` positions; eval mode, so dropout and
+    BatchNorm's batch statistics do not get in the way) for up to `steps` steps of sign
+    descent: each weight moves by `lr` against the sign of its gradient (Adam's first
+    step, without the moment estimates that would cost two more copies of the model), a
+    layer with more than 64 inputs per unit by `lr` x 64 / fan-in (n coherent steps add
+    up n-fold in each output). It judges the trend: it
     fires when the loss never falls below `target` times its starting value and is no
     longer falling fast (over the last fifth of the steps it did not halve). A set-up
     that works reaches the target in tens of steps on a few samples, at any width; one
@@ -240,8 +252,9 @@ def overfit_one_batch(
 
     ## Cost
     At most `steps` + 1 forward and `steps` backward passes (51 and 50 by default) on at
-    most `samples` (8) samples of the batch, in float32, stopping as soon as the target
-    is reached; whatever the model's size. Memory: the model plus one copy; each gradient
+    most `samples` (8) samples of the batch, and for a causal language model on their
+    first `tokens` (32) positions, in float32, stopping as soon as the target is reached;
+    whatever the model's size. Memory: the model plus one copy; each gradient
     is kept only as its sign (one byte a weight) from the moment it is complete.
 
     ## Why is this bad?
@@ -261,7 +274,7 @@ def overfit_one_batch(
 
     if probe.targets is None or probe.loss_fn is None:
         return
-    inputs, targets = _first_samples(probe, samples)
+    inputs, targets = _first_samples(probe, samples, tokens)
     torch.manual_seed(0)
     model = probe.copy_model()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -352,25 +365,38 @@ def _fall(losses: list[float]) -> float:
     return max(first / low, 1.0)
 
 
-def _first_samples(probe: Probe, samples: int) -> tuple[Any, Any]:
-    """The batch cut to its first `samples` samples (inputs and targets alike).
+def _first_samples(probe: Probe, samples: int, tokens: int | None = None) -> tuple[Any, Any]:
+    """The batch cut to its first `samples` samples (inputs and targets alike), and for a
+    causal language model to its first `tokens` positions.
 
     Only tensors whose first dimension is the batch are cut; when the targets are not laid
     out by sample the batch is kept whole, since they could not be matched to a slice.
+    Positions are cut only when the targets and every input that has more than the batch
+    dimension are (batch, positions) alike: a 4-D attention mask is left whole, and so
+    then is everything.
     """
     batch = probe.batch_size
     targets = probe.targets
-    if batch <= samples or targets is None or targets.ndim == 0 or targets.shape[0] != batch:
+    if targets is None or targets.ndim == 0 or targets.shape[0] != batch:
         return probe.inputs, targets
+    values = list(probe.inputs.values()) if isinstance(probe.inputs, dict) else list(probe.inputs)
+    rows = min(batch, samples)
+    width = targets.shape[1] if targets.ndim == 2 else None
+    shaped = [getattr(v, "ndim", 0) < 2 or tuple(v.shape) == (batch, width) for v in values]
+    keep = width if not (probe.causal and tokens and width and all(shaped)) else min(width, tokens)
 
     def cut(v: Any) -> Any:
-        return v[:samples] if getattr(v, "ndim", 0) and v.shape[0] == batch else v
+        if not (getattr(v, "ndim", 0) and v.shape[0] == batch):
+            return v
+        return v[:rows, :keep] if v.ndim == 2 and keep != width else v[:rows]
 
+    if rows == batch and keep == width:
+        return probe.inputs, targets
     if isinstance(probe.inputs, dict):
         inputs: Any = {k: cut(v) for k, v in probe.inputs.items()}
     else:
         inputs = tuple(cut(v) for v in probe.inputs)
-    return inputs, targets[:samples]
+    return inputs, cut(targets)
 
 
 def _rows(inputs: Any) -> int:
@@ -466,8 +492,10 @@ def gradient_mismatch(
     In float64 passes of the model: one forward and backward, one forward for the
     baseline, then 2 forwards per direction (4 when a kink needs the finer step), so 6 to
     10 on a healthy model of any size (a 124M-parameter GPT-2 shape, a ResNet-18: 6).
-    Each tensor at fault adds 2 per halving (log2 of the tensor count) and 8 to 16 for
-    its own probes (40 passes in all for one wrong layer of that GPT-2). Memory: the
+    Each tensor at fault adds 2 per halving (log2 of the tensor count) and 4 to 16 for
+    its own probes: one probe that is clear of kinks and ten times past `rtol` settles
+    it, nearer the threshold every probe is made (32 passes in all for one wrong layer of
+    that GPT-2). Memory: the
     float64 copy of the model, its gradient in float32 and one sign byte per parameter.
 
     ## Why is this bad?

@@ -19,7 +19,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -43,6 +43,7 @@ class Passes:
     forward: int = 0
     backward: int = 0
     rows: list[int] = field(default_factory=list)  # batch rows each forward pass saw
+    widths: list[int] = field(default_factory=list)  # positions per row, for (batch, T) ids
 
 
 @contextmanager
@@ -56,6 +57,8 @@ def counted(probe: Probe) -> Iterator[Passes]:
         passes.forward += 1
         first = next(iter(kwargs.values())) if kwargs else args[0]
         passes.rows.append(int(first.shape[0]))
+        if first.ndim == 2 and not first.is_floating_point():
+            passes.widths.append(int(first.shape[1]))
         main = main_output(output)
         if isinstance(main, torch.Tensor) and main.requires_grad:
             main.register_hook(on_backward)
@@ -73,6 +76,8 @@ def within(passes: Passes, name: str) -> None:
     assert passes.backward <= cost.backward, (name, passes)
     if cost.samples is not None:
         assert max(passes.rows) <= cost.samples, (name, passes.rows)
+    if cost.tokens is not None and passes.widths:
+        assert max(passes.widths) <= cost.tokens, (name, passes.widths)
 
 
 SOFTMAX_LOSS = textwrap.dedent(
@@ -143,6 +148,39 @@ def test_a_batch_larger_than_the_slice_is_cut_for_overfitting(cnn) -> None:
     assert set(passes.rows) == {grads.OVERFIT_SAMPLES}
 
 
+def test_a_long_causal_batch_is_overfitted_on_its_first_positions(gpt) -> None:
+    """The tiny GPT's batch is 4 x 32 tokens; a 4 x 96 one (its rows rolled, so every
+    position holds real text) is cut to the first 32 positions for the slice, with the
+    targets cut alike, and the healthy model still reaches the target well inside the
+    budget while the one that ignores its tokens still cannot."""
+    verdicts = []
+    for variant in ("healthy", "ignores_input"):
+        probe = gpt[variant]
+        (ids,) = probe.inputs
+        long = torch.cat([ids, ids.roll(1, 0), ids.roll(2, 0)], dim=1)
+        targets = torch.full_like(long, -100)
+        targets[:, :-1] = long[:, 1:]
+        wide = replace(probe, inputs=(long,), targets=targets)
+        assert wide.causal and long.shape[1] == 3 * grads.OVERFIT_TOKENS
+        with counted(wide) as passes:
+            found = list(grads.overfit_one_batch(wide))
+        within(passes, "overfit-one-batch")
+        assert set(passes.widths) == {grads.OVERFIT_TOKENS}
+        verdicts.append(bool(found))
+        if not found:
+            assert passes.backward < grads.COSTS["overfit-one-batch"].backward
+    assert verdicts == [False, True]
+
+
+def test_positions_are_never_cut_for_a_model_that_is_not_causal(cnn) -> None:
+    probe = cnn["healthy"]
+    (x,) = probe.inputs
+    flat = replace(probe, inputs=(x.reshape(x.shape[0], -1),), causal=False)
+    targets = torch.nn.functional.one_hot(probe.targets, 10).float()  # (batch, 10) targets
+    inputs, cut = grads._first_samples(replace(flat, targets=targets), 8, 4)
+    assert inputs[0].shape == (8, x[0].numel()) and cut.shape == (8, 10)
+
+
 @pytest.mark.parametrize("rule", ["init-loss", "input-independence", "batch-mixing"])
 def test_each_probe_rule_keeps_to_its_budget(cnn, gpt, rule: str) -> None:
     func = {
@@ -202,6 +240,7 @@ def test_docs_state_the_cost_the_tests_count() -> None:
         assert "## Cost" in docs[name], name
     cost = grads.COSTS["overfit-one-batch"]
     assert f"{cost.forward} and {cost.backward} by default" in docs["overfit-one-batch"]
+    assert f"first `tokens` ({cost.tokens}) positions" in docs["overfit-one-batch"]
     assert f"at most {grads.COSTS['batch-mixing'].backward}" in docs["batch-mixing"]
     assert "shared with `dead-units`" in docs["saturated-activations"]
 

@@ -15,7 +15,24 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from diag.live import TrainingStopped
     from diag.model import Result
+    from diag.monitor import Monitor
+
+__all__ = ["Monitor", "TrainingStopped", "check"]
+
+
+def __getattr__(name: str) -> object:
+    # The live monitor needs torch: imported on first use, so `import diag` stays cheap.
+    if name == "Monitor":
+        from diag.monitor import Monitor
+
+        return Monitor
+    if name == "TrainingStopped":
+        from diag.live import TrainingStopped
+
+        return TrainingStopped
+    raise AttributeError(f"module 'diag' has no attribute {name!r}")
 
 
 def check(

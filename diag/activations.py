@@ -133,6 +133,37 @@ def record_activations(probe: Probe) -> Activations:
     return recorder.result(model)
 
 
+class Recording:
+    """One forward pass of a live model, watched as `record_activations` watches a copy.
+
+    `diag.live` starts one just before a sampled training step's forward pass and
+    finishes it right after, so the activations come from the training itself at no
+    extra pass; the recorder's own arithmetic runs without gradient.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.recorder = _Recorder(model)
+        self.handles = []
+        for name, module in model.named_modules():
+            self.handles.append(module.register_forward_pre_hook(self.recorder.enter(name)))
+            self.handles.append(module.register_forward_hook(self.recorder.leave))
+        self.mode = _watch(self.recorder, no_grad=True)
+        self.mode.__enter__()
+
+    def finish(self) -> Activations:
+        self.close()
+        return self.recorder.result(self.model)
+
+    def close(self) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.mode = None
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
 # ------------------------------------------------------------------ the recorder
 
 
@@ -327,8 +358,9 @@ class _Recorder:
         return Activations(layers, sites, notes)
 
 
-def _watch(recorder: _Recorder) -> Any:
+def _watch(recorder: _Recorder, no_grad: bool = False) -> Any:
     """A TorchFunctionMode feeding every torch call's result to the recorder."""
+    import torch
     from torch.overrides import TorchFunctionMode
 
     class Watch(TorchFunctionMode):
@@ -339,7 +371,11 @@ def _watch(recorder: _Recorder) -> Any:
             out = func(*args, **kwargs)
             # The mode is off while its handler runs, so the recorder's own torch calls
             # are not watched (no recursion).
-            recorder.on_call(func, args, kwargs, out)
+            if no_grad:
+                with torch.no_grad():
+                    recorder.on_call(func, args, kwargs, out)
+            else:
+                recorder.on_call(func, args, kwargs, out)
             return out
 
     return Watch()

@@ -26,6 +26,7 @@ BUILTIN_RULE_MODULES = (
     "diag.rules.data",
     "diag.rules.grads",
     "diag.rules.adapters",
+    "diag.rules.live",
 )
 DOC_SECTIONS = ("What it does", "Why is this bad?", "How to fix")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")

@@ -31,6 +31,7 @@ MISSING_REASONS = {
     "activations": "needs --model and --batch",
     "gradients": "needs --model and --batch (with targets)",
     "checkpoint|activations": "needs a checkpoint, or --model and --batch",
+    "gradients_live": "needs a live run (diag.Monitor or a training callback)",
 }
 
 # The flag that would supply each input, for the one-line summary of skipped rules.
@@ -42,6 +43,7 @@ MISSING_FLAGS = {
     "probe": "--model/--batch", "probe_init": "--model/--batch",
     "activations": "--model/--batch", "gradients": "--model/--batch",
     "checkpoint|activations": "CHECKPOINT",
+    "gradients_live": "a live run",
 }  # fmt: skip
 
 
@@ -64,6 +66,8 @@ class Run:
     splits: dict[str, Split] | None = None
     quiet: bool = True
     probe: Probe | None = None
+    # Gradient norms recorded while the model trained (diag.live); None after the fact.
+    gradients_live: Any = None
     _activations: Any = field(default=None, repr=False)
     _gradients: Any = field(default=None, repr=False)
     _leakage: LeakageReport | None = field(default=None, repr=False)

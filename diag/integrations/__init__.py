@@ -1,0 +1,1 @@
+"""Framework callbacks over `diag.live.LiveSession`: `lightning`, `transformers`."""

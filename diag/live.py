@@ -164,7 +164,8 @@ class LiveSession:
         self._recording: Any = None
         self._hooks: list[Any] = []
         self.seen: dict[tuple[str, str, str], Finding] = {}
-        self.pending: dict[tuple[str, str, str], Finding] = {}
+        # judgements seen once: (step first seen, finding), waiting for a later check
+        self.pending: dict[tuple[str, str, str], tuple[int, Finding]] = {}
         self.events: list[tuple[int, Finding]] = []  # (step, finding) as each was first told
         self.errors: dict[str, RuleError] = {}
         self.notes: list[str] = []
@@ -386,15 +387,17 @@ class LiveSession:
 
         A judgement about the run's shape can be undone by what comes next (a loss flat
         for the first 8 of 20 steps is a plateau at step 20 and nothing at step 40), so a
-        finding of a rule outside FACT_RULES counts only when the next run of that rule
-        still gives it. The final check counts as it is, as `diag check` would report it.
+        finding of a rule outside FACT_RULES counts only when a run of that rule at least
+        `every_n_steps` later still gives it (an evaluation three steps on is no second
+        opinion). The final check counts as it is, as `diag check` would report it.
         """
         ran = set(result.metadata.get("timings", {}))
         new, found = [], set()
         for finding in result.findings:
             key = (finding.rule, finding.location.artifact, finding.location.object)
             found.add(key)
-            if key in self.seen or finding.rule in FACT_RULES or key in self.pending:
+            confirmed = key in self.pending and step >= self.pending[key][0] + self.every_n_steps
+            if key in self.seen or finding.rule in FACT_RULES or confirmed:
                 if key not in self.seen:
                     new.append(finding)
                     self.events.append((step, finding))
@@ -402,8 +405,8 @@ class LiveSession:
                 self.seen[key] = finding
                 self.pending.pop(key, None)
             else:
-                self.pending[key] = finding
-        self.pending = {k: f for k, f in self.pending.items() if k in found or k[0] not in ran}
+                self.pending.setdefault(key, (step, finding))
+        self.pending = {k: v for k, v in self.pending.items() if k in found or k[0] not in ran}
         for error in result.errors:
             if error.rule not in self.errors:
                 self.errors[error.rule] = error

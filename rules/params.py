@@ -335,6 +335,8 @@ def dead_units(
     """
     if checkpoint is not None:
         yield from _zero_units(checkpoint, min_zero_fraction)
+    # Live runs record activations from the training itself, with no probe files.
+    source = probe.source if probe is not None else checkpoint.path if checkpoint else "model"
     for layer in activations.layers if activations is not None else ():
         if layer.consumer != "relu" or not layer.n_units:
             continue
@@ -345,7 +347,7 @@ def dead_units(
         yield Finding(
             f"{layer.n_dead} of {layer.n_units} units never fire on the batch: their "
             f"pre-activation{through} is never positive over {layer.observations} observations",
-            Location(probe.source, f"{layer.name}.weight", {"units": list(layer.dead[:16])}),
+            Location(source, f"{layer.name}.weight", {"units": list(layer.dead[:16])}),
             {
                 "n_units": layer.n_units,
                 "dead": layer.n_dead,

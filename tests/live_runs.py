@@ -5,6 +5,8 @@ The faults are planted at a known step so a test can say how soon the run was st
   and every gradient after it are NaN;
 - `lr_jump_at`: the learning rate is multiplied by `lr_factor` at that step (a scheduler
   bug), which blows the weights up;
+- `dead_at`: fc1's bias is set to -100 at that step, so every fc1 unit is dead from
+  then on and nothing before it gets a gradient again (dying ReLUs);
 - `detach`: conv1's weight is used through `.detach()` from the start (a layer frozen by
   mistake: it is in the optimizer, and never gets a gradient).
 """
@@ -27,6 +29,7 @@ class LiveFault:
     lr_jump_at: int | None = None
     lr_factor: float = 300.0
     detach: bool = False
+    dead_at: int | None = None  # fc1's bias set to -100 at that step: every unit dies
     optimizer: str = "sgd"  # or "adam"
 
 
@@ -69,6 +72,9 @@ def train_live(
                 if fault.lr_jump_at is not None and step == fault.lr_jump_at:
                     for group in optimizer.param_groups:
                         group["lr"] *= fault.lr_factor
+                if fault.dead_at is not None and step == fault.dead_at:
+                    with torch.no_grad():
+                        model.fc1.bias.fill_(-100.0)
                 optimizer.zero_grad()
                 loss = cross_entropy(model(inputs), y[idx])
                 loss.backward()
@@ -88,3 +94,26 @@ def train_live(
         stopped = exc
     monitor.close()
     return LiveRun(monitor, step, stopped, losses)
+
+
+def gradient_margins(history: Any, every: int = 10) -> dict[str, float]:
+    """What the [live] gradient rules threshold, at every check of the run (each prefix of
+    `every` records): the largest growth of a tensor's recent gradient norm over its own
+    earlier median, and the furthest a tensor's fall went below the median tensor's."""
+    import math
+    import statistics
+
+    growth, lag = 0.0, 0.0
+    for end in range(every, len(history.steps) + 1, every):
+        falls = {}
+        for norms in history.norms.values():
+            seen = [v for v in norms[:end] if v is not None and math.isfinite(v)]
+            if len(seen) >= 8 and statistics.median(seen[:-3]) > 0:
+                growth = max(growth, statistics.median(seen[-3:]) / statistics.median(seen[:-3]))
+            if len(seen) >= 6 and min(seen[:3]) > 0 and statistics.median(seen[-3:]) > 0:
+                early, late = statistics.median(seen[:3]), statistics.median(seen[-3:])
+                falls[len(falls)] = math.log10(late / early)
+        if len(falls) >= 3:
+            median = statistics.median(falls.values())
+            lag = max(lag, median - min(falls.values()))
+    return {"growth": growth, "lag_decades": lag}

@@ -14,17 +14,19 @@
 Call `step` after `backward` and before the next `zero_grad`: the gradients it records are
 the ones the optimizer just used. Under `torch.distributed` every rank calls the same
 methods; rank 0 runs the checks, and a stop found by any rank stops them all at the same
-step (one all-reduce of a flag per step).
+step (one all-reduce of a flag per step). A non-finite loss on any rank stops the run: the
+rank that sees it votes to stop, and rank 0 records the run's loss at that step as NaN.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from diag.live import LiveSession, TrainingStopped
-from diag.model import Result
+from diag.model import Finding, Result
 
 DEFAULT_FORMATS = ("json", "sarif", "junit", "html")
 
@@ -76,17 +78,14 @@ class Monitor:
         """One optimizer step done. Raises TrainingStopped when the run should stop."""
         self._step = self._step + 1 if step is None else int(step)
         self.session.on_step(self._step, loss, epoch)
-        local = self.session.stop is not None
-        if self.world > 1 and not self.session.is_main and loss is not None:
-            values = self.session.series.get("train_loss")
-            local = local or bool(values and values.values[-1] != values.values[-1])
-        message = self.session.stop.message if self.session.stop else None
+        if not agree_to_stop(self.session, self._step, self.world):
+            return
+        stop = self.session.stop
+        message, findings = (stop.message, stop.findings) if stop else (None, ())
         if self.world > 1:
-            local, message = _agree(local, message, self._step)
-        if local:
-            findings = self.session.stop.findings if self.session.stop else ()
-            self.close()
-            raise TrainingStopped(message or f"diag: stopping at step {self._step}", findings)
+            message, findings = _from_main(message, findings)
+        self.close()
+        raise TrainingStopped(message or f"diag: stopping at step {self._step}", findings)
 
     def eval(
         self, metrics: Mapping[str, Any], *, step: int | None = None, epoch: float | None = None
@@ -121,15 +120,69 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _agree(local: bool, message: str | None, step: int) -> tuple[bool, str | None]:
-    """Every rank learns whether any rank stops, and rank 0's reason when it has one."""
+def agree_to_stop(session: LiveSession, step: int, world: int) -> bool:
+    """Whether every rank stops now: one all-reduce of a flag when `world` > 1.
+
+    Every rank must call it at the same steps. The framework adapters that have their
+    own collective (Lightning's `reduce_boolean_decision`) use `vote` and `settle`.
+    """
+    stopping = vote(session)
+    if world > 1:
+        stopping = _any_rank(stopping)
+        settle(session, step, stopping)
+    return stopping
+
+
+def vote(session: LiveSession) -> bool:
+    """This rank's vote to stop: rank 0's decision, or a non-finite loss on another rank.
+
+    Only rank 0 checks, but a NaN loss on any rank is the run's (its loss is the mean
+    over ranks), and the gradients all-reduced from it poison every rank's weights.
+    """
+    if session.stop is not None:
+        return True
+    if session.is_main or session.stop_on is None or not _watches_loss(session):
+        return False
+    series = session.series.get("train_loss")
+    return bool(
+        series and series.steps[-1] == session.step_count and not math.isfinite(series.values[-1])
+    )
+
+
+def settle(session: LiveSession, step: int, stopping: bool) -> None:
+    """After the ranks agreed to stop: rank 0 gives the reason when another rank saw it.
+
+    Another rank votes only for a non-finite loss, so rank 0 records the run's loss at
+    this step as NaN and its curve rules name it; the Result says where it was seen.
+    """
+    if not stopping or not session.is_main or session.stop is not None:
+        return
+    session.notes.append(f"the non-finite loss at step {step} was seen on another rank")
+    series = session.series.get("train_loss")
+    if series and series.steps[-1] == step:
+        series.values[-1] = math.nan
+    else:
+        session.log_value("train_loss", math.nan, step)
+    session.check(step, kinds=("curves",))
+
+
+def _watches_loss(session: LiveSession) -> bool:
+    return any(spec.name == "loss-nonfinite" for spec in session._specs)
+
+
+def _any_rank(flag: bool) -> bool:
     import torch
     import torch.distributed as dist
 
-    flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if not int(flag):
-        return False, None
-    shared = [message]
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(int(tensor))
+
+
+def _from_main(message: str | None, findings: tuple[Finding, ...]) -> tuple[Any, Any]:
+    """Rank 0's stop message and findings, on every rank (only when stopping)."""
+    import torch.distributed as dist
+
+    shared = [message, findings]
     dist.broadcast_object_list(shared, src=0)
-    return True, shared[0] or f"diag: stopping at step {step}: another rank saw a non-finite loss"
+    return shared[0], tuple(shared[1] or ())

@@ -120,8 +120,10 @@ class LiveSession:
     `stop_on` is "error", "warning" or None (never stop); `every_n_steps` how often the
     parameter, gradient and activation checks run; `grad_every` how often gradient
     norms are recorded (default: ten records per check interval); `budget` the share of
-    training time the checks may take. `echo` receives each new finding's line (default:
-    stderr); `is_main` is False on the ranks of a distributed run that do not check.
+    training time the checks may take; `memory_budget` the bytes one tensor's copy may
+    take (the parameter checks read one tensor at a time; None: no limit). `echo`
+    receives each new finding's line (default: stderr); `is_main` is False on the ranks
+    of a distributed run that do not check.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class LiveSession:
         ignore: list[str] | None = None,
         rule_options: Mapping[str, Mapping[str, Any]] | None = None,
         budget: float = 0.01,
+        memory_budget: int | None = None,
         echo: Callable[[str], None] | None = None,
         is_main: bool = True,
     ) -> None:
@@ -149,7 +152,8 @@ class LiveSession:
         self.every_n_steps = every_n_steps
         self.grad_every = grad_every or max(1, every_n_steps // 10)
         self.activations_on = activations
-        self.budget = budget
+        self.budget, self.memory_budget = budget, memory_budget
+        self._largest: tuple[int, str] | None = None
         self.echo = echo or (lambda line: sys.stderr.write(line + "\n"))
         self.is_main = is_main
         self._specs = _live_specs(select or [], ignore or [])
@@ -162,6 +166,7 @@ class LiveSession:
         self._activations: Any = None
         self._arm_activations = False
         self._recording: Any = None
+        self._params: list[tuple[str, Any]] | None = None
         self._hooks: list[Any] = []
         self.seen: dict[tuple[str, str, str], Finding] = {}
         # judgements seen once: (step first seen, finding), waiting for a later check
@@ -177,6 +182,7 @@ class LiveSession:
         self._last_grad_step: int | None = None
         self._last_check_step: int | None = None
         self._check_seconds = 0.0
+        self.check_seconds: list[float] = []  # wall time of every check, for the bench
         self._train_clock = time.perf_counter()
         self._checks_run = 0
         self.result: Result = Result(())
@@ -222,9 +228,10 @@ class LiveSession:
         if not self.is_main:
             return
         try:
-            self.gradients.held = self._held()
-            params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-            self.gradients.record(step, params)
+            if self._params is None:  # listed once per check, not on every record
+                self._params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+                self.gradients.held = self._held()
+            self.gradients.record(step, self._params)
             self._last_grad_step = step
         except Exception as exc:  # recording must never be why a run dies
             self._error("gradient record", exc)
@@ -243,13 +250,17 @@ class LiveSession:
         if heavy and self._over_budget():
             self.skipped_checks += 1
             if self.skipped_checks == 1:
-                self.notes.append(
+                self._note(
                     f"the check at step {step} was skipped: it would take more than "
                     f"{self.budget:.0%} of the training time (later skips are counted)"
                 )
             kinds = ("curves",)
             heavy = False
+        if "params" in kinds and self._too_big():
+            kinds = tuple(k for k in kinds if k != "params")
         start = time.perf_counter()
+        if heavy:
+            self._params = None  # a layer frozen or unfrozen since is seen from now on
         try:
             result, _ = self._run(kinds, final=False)
         except Exception as exc:
@@ -257,6 +268,7 @@ class LiveSession:
             return []
         finally:
             spent = time.perf_counter() - start
+            self.check_seconds.append(spent)
             if heavy:
                 self._check_seconds = spent
                 self._train_clock = time.perf_counter()
@@ -272,8 +284,11 @@ class LiveSession:
         """
         if not self.is_main:
             return self.result
+        kinds = ("curves", "params", "gradients", "activations")
+        if self._too_big():
+            kinds = tuple(k for k in kinds if k != "params")
         try:
-            result, run = self._run(("curves", "params", "gradients", "activations"), final=True)
+            result, run = self._run(kinds, final=True)
         except Exception as exc:
             self._error("final check", exc)
             result, run = self.result, None
@@ -461,6 +476,29 @@ class LiveSession:
         )
         errors = tuple(self.errors.values())
         return Result(tuple(findings), latest.skipped, errors, meta)
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        self.echo(f"diag: {text}")
+
+    def _too_big(self) -> bool:
+        """Would reading the largest tensor (one copy, on the CPU) pass `memory_budget`?"""
+        if self.memory_budget is None:
+            return False
+        if self._largest is None:
+            state = self.model.state_dict(keep_vars=True).items()
+            self._largest = max(
+                ((t.numel() * t.element_size(), n) for n, t in state), default=(0, "")
+            )
+        size, name = self._largest
+        if size <= self.memory_budget:
+            return False
+        if not any("memory" in n for n in self.notes):
+            self._note(
+                f"the parameter checks are skipped: {name} alone takes {size / 2**20:.0f} MiB, "
+                f"over the memory budget of {self.memory_budget / 2**20:.0f} MiB"
+            )
+        return True
 
     def _over_budget(self) -> bool:
         """Would this check take more than `budget` of the training time since the last?"""

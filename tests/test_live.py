@@ -168,3 +168,37 @@ def test_the_live_rules_are_in_the_catalogue_and_skipped_after_the_fact() -> Non
 
     result = run_rules(Run(), [specs["no-gradient"]])
     assert result.skipped[0].reason.startswith("needs a live run")
+
+
+def test_a_tensor_over_the_memory_budget_skips_the_parameter_checks_and_says_so() -> None:
+    told: list[str] = []
+    run = train_live(
+        LiveFault(),
+        every_n_steps=EVERY,
+        epochs=2,
+        echo=told.append,
+        budget=1.0,
+        memory_budget=16 * 1024,  # fc1.weight alone is 64 KiB
+    )
+    notes = run.monitor.result.metadata["live"]["notes"]
+    assert len(notes) == 1 and "fc1.weight" in notes[0] and "memory budget" in notes[0]
+    assert sum("memory budget" in line for line in told) == 1
+    assert run.stopped is None
+    ran = set(run.monitor.result.metadata["timings"])
+    assert "nonfinite-parameter" not in ran and "no-gradient" in ran
+
+
+def test_diag_check_leaves_the_live_rules_out_unless_they_are_named(tmp_path) -> None:
+    from diag.api import CheckOptions, check
+
+    log = tmp_path / "metrics.csv"
+    log.write_text("step,train_loss\n" + "".join(f"{i},{1 / (i + 1)}\n" for i in range(20)))
+    result, _ = check(CheckOptions(logs=[str(log)]))
+    assert result.metadata["rules_run"] == len(load_rules()) - 3
+    assert not {s.rule for s in result.skipped} & {"no-gradient", "exploding-gradients"}
+    result, _ = check(CheckOptions(logs=[str(log)], select=["live"]))
+    assert {s.rule for s in result.skipped} == {
+        "no-gradient",
+        "exploding-gradients",
+        "vanishing-gradients",
+    }

@@ -1,0 +1,217 @@
+"""What `diag.Monitor` costs a training run: step-time overhead, worst check, extra memory.
+
+    .venv/bin/python bench/bench_live.py [--steps 600] [--every 100] [--models cnn,gpt]
+
+Two real models train on CPU (one thread each, as a data-loader-bound job would leave
+them): the digits CNN of `diag demo` (batch 64) and a small GPT (4 blocks, width 128,
+byte vocabulary, 16 x 64 tokens) on the standard library's docstrings. Each runs in a
+fresh process twice, without and with the monitor at the default cadence
+(`every_n_steps=100`: the loss every step, gradient norms every 10, the parameter,
+gradient and activation checks every 100), in alternating order, three rounds; the table
+reports medians. Overhead = (step time with - without) / without. "worst check" is the
+slowest single check; "extra peak" the difference of the processes' peak RSS (both load
+diag's rules, so it is what checking holds), against the largest tensor of the model
+(the goal: at most one copy of it).
+
+SageMaker Debugger's documentation gives no overhead figure for its hooks; it says that
+saving tensors "can" slow training and advises saving fewer collections less often. Its
+hooks write every collection it saves to disk at each `save_interval` (default every 500
+steps) for rules that run in a separate container, so its cost is the file writes; diag's
+is the in-process check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cnn_job(seed: int = 0) -> tuple[Any, Any, Any]:
+    import torch
+    from torch.nn.functional import cross_entropy
+
+    from diag.demo import HEALTHY, build_model, digits
+
+    x, y, _, _ = digits(seed)
+    model = build_model(HEALTHY, seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            for idx in torch.randperm(len(y), generator=gen).split(64):
+                if len(idx) == 64:
+                    yield x[idx], y[idx]
+
+    def loss_of(batch):
+        inputs, targets = batch
+        return cross_entropy(model(inputs), targets)
+
+    return model, optimizer, (batches(), loss_of)
+
+
+def gpt_job(seed: int = 0) -> tuple[Any, Any, Any]:
+    import pydoc
+
+    import torch
+    from torch import nn
+    from torch.nn.functional import cross_entropy
+
+    text = "\n".join(
+        pydoc.getdoc(m) or "" for m in (str, list, dict, set, int, float, bytes, os, json)
+    )
+    data = torch.tensor(list(text.encode()[:200_000]), dtype=torch.long)
+
+    class Block(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.attn = nn.MultiheadAttention(width, 4, batch_first=True)
+            self.fc, self.proj = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = x.shape[1]
+            mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
+            h = self.ln1(x)
+            x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+            return x + self.proj(torch.relu(self.fc(self.ln2(x))))
+
+    class TinyGPT(nn.Module):
+        def __init__(self, width: int = 128, layers: int = 4) -> None:
+            super().__init__()
+            self.embed, self.pos = nn.Embedding(256, width), nn.Embedding(64, width)
+            self.blocks = nn.ModuleList(Block(width) for _ in range(layers))
+            self.ln, self.head = nn.LayerNorm(width), nn.Linear(width, 256)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.embed(ids) + self.pos(torch.arange(ids.shape[1]))
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.ln(x))
+
+    torch.manual_seed(seed)
+    model = TinyGPT()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    gen = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            starts = torch.randint(0, len(data) - 65, (16,), generator=gen)
+            chunk = torch.stack([data[s : s + 65] for s in starts.tolist()])
+            yield chunk[:, :-1], chunk[:, 1:]
+
+    def loss_of(batch):
+        ids, targets = batch
+        return cross_entropy(model(ids).reshape(-1, 256), targets.reshape(-1))
+
+    return model, optimizer, (batches(), loss_of)
+
+
+JOBS = {"cnn": cnn_job, "gpt": gpt_job}
+
+
+def child(job: str, monitored: bool, steps: int, every: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    model, optimizer, (batches, loss_of) = JOBS[job]()
+    monitor = None
+    # Both variants load diag's code, so the peak difference is what checking holds.
+    from diag.live import _live_specs
+
+    _live_specs([], [])
+    if monitored:
+        from diag import Monitor
+
+        monitor = Monitor(model, optimizer, every_n_steps=every, echo=lambda line: None)
+    warm = 20
+    times = []
+    for step in range(steps + warm):
+        start = time.perf_counter()
+        batch = next(batches)
+        optimizer.zero_grad()
+        loss = loss_of(batch)
+        loss.backward()
+        optimizer.step()
+        if monitor is not None:
+            monitor.step(loss)
+        if step >= warm:
+            times.append(time.perf_counter() - start)
+    checks = []
+    if monitor is not None:
+        checks = monitor.session.check_seconds
+        monitor.close()
+    largest = max(p.numel() * p.element_size() for p in model.state_dict().values())
+    print(
+        json.dumps(
+            {
+                "step_s": sum(times) / len(times),
+                "worst_check_s": max(checks, default=0.0),
+                "checks": len(checks),
+                "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "largest_kib": largest / 1024,
+                "skipped": monitor.session.skipped_checks if monitor else 0,
+            }
+        )
+    )
+
+
+def measure(job: str, monitored: bool, args: argparse.Namespace) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child", job, "--steps", str(args.steps)]
+    command += ["--every", str(args.every)] + (["--monitored"] if monitored else [])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--models", default="cnn,gpt")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child")
+    parser.add_argument("--monitored", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.monitored, args.steps, args.every)
+        return
+    print(f"load average before: {os.getloadavg()[0]:.2f}; {args.steps} steps, every {args.every}")
+    header = ("model", "step ms", "with ms", "overhead", "checks", "worst check ms",
+              "extra peak MiB", "largest tensor MiB")  # fmt: skip
+    print("  ".join(f"{h:>16}" for h in header))
+    for job in args.models.split(","):
+        plain, watched = [], []
+        for round_ in range(args.rounds):
+            order = (False, True) if round_ % 2 == 0 else (True, False)
+            for monitored in order:
+                (watched if monitored else plain).append(measure(job, monitored, args))
+        base = statistics.median(r["step_s"] for r in plain)
+        with_ = statistics.median(r["step_s"] for r in watched)
+        extra = statistics.median(w["peak_kib"] for w in watched) - statistics.median(
+            p["peak_kib"] for p in plain
+        )
+        row = (
+            job,
+            f"{base * 1e3:.2f}",
+            f"{with_ * 1e3:.2f}",
+            f"{(with_ - base) / base:+.2%}",
+            f"{watched[0]['checks']}",
+            f"{max(r['worst_check_s'] for r in watched) * 1e3:.1f}",
+            f"{extra / 1024:.1f}",
+            f"{watched[0]['largest_kib'] / 1024:.2f}",
+        )
+        print("  ".join(f"{c:>16}" for c in row))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -198,6 +198,57 @@ def lightning_main(folder: str) -> None:
     trainer.fit(NanOnRank1(), DataLoader(TensorDataset(x, y), batch_size=32))
 
 
+def hf_rank(rank: int, world: int, port: int, folder: str) -> None:
+    """The Hugging Face Trainer on 2 CPU ranks (the environment torchrun would set)."""
+    import warnings
+
+    import torch
+    import transformers
+    from test_integrations import Chunks, Fault, plant, stdlib_text
+
+    from diag.integrations.transformers import DiagCallback
+
+    warnings.simplefilter("ignore")
+    transformers.logging.set_verbosity_error()
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "LOCAL_WORLD_SIZE": world}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    data = stdlib_text()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=256, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config)
+    if rank == 1:
+        plant(model, Fault(nan_at=30))  # an overflow in rank 1's first block from step 30
+    args = transformers.TrainingArguments(
+        output_dir=folder,
+        max_steps=60,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    callback = DiagCallback(every_n_steps=EVERY, budget=1.0, echo=_quiet)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Chunks(data), callbacks=[callback]
+    )
+    trainer.train()
+    stop = callback.session.stop
+    seen = {
+        "rank": rank,
+        "world": callback._world,
+        "steps": trainer.state.global_step,
+        "stopped_at": callback.stopped_at,
+        "message": stop.message if stop else None,
+        "findings": sorted({f.rule for f in callback.result.findings}),
+    }
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
 def main(argv: list[str]) -> None:
     import torch.multiprocessing as mp
 
@@ -205,6 +256,8 @@ def main(argv: list[str]) -> None:
     if kind == "plain":
         cases = ["nan_rank1", "detach"]
         mp.spawn(plain_ranks, args=(2, int(port), cases, folder), nprocs=2, join=True)
+    elif kind == "hf":
+        mp.spawn(hf_rank, args=(2, int(port), folder), nprocs=2, join=True)
     else:
         lightning_main(folder)
 
@@ -272,6 +325,18 @@ def test_lightning_ddp_stops_both_ranks_on_a_nan_of_rank_1(tmp_path: Path) -> No
     assert "loss-nonfinite" in zero["findings"]
     assert one["message"] is None and one["findings"] == []  # rank 1 does not check
     assert all((tmp_path / name).exists() for name in REPORTS)  # default_root_dir
+
+
+def test_hf_trainer_ddp_stops_both_ranks_on_a_nan_of_rank_1(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    _launch("hf", tmp_path)
+    zero, one = _ranks(tmp_path)
+    assert zero["world"] == one["world"] == 2
+    assert zero["stopped_at"] == one["stopped_at"] == 30
+    assert zero["steps"] == one["steps"] == 30
+    assert "stopping at step 30: loss-nonfinite train_loss" in zero["message"]
+    assert one["message"] is None and one["findings"] == []
+    assert all((tmp_path / name).exists() for name in REPORTS)  # output_dir, rank 0 only
 
 
 if __name__ == "__main__":

@@ -471,6 +471,27 @@ def test_hf_gradient_accumulation_loss_matches_the_trainers(tmp_path) -> None:
     assert dict(zip(series.steps, series.values, strict=True)) == pytest.approx(logged, rel=1e-3)
 
 
+class LogitsOnly(transformers.Trainer):
+    """A Trainer whose own compute_loss takes the labels: the model returns no loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        logits = model(**inputs).logits
+        loss = cross_entropy(logits[:, :-1].reshape(-1, 256), labels[:, 1:].reshape(-1))
+        return (loss, logits) if return_outputs else loss
+
+
+def test_hf_without_a_loss_in_the_output_the_logged_loss_is_used(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(transformers, "Trainer", LogitsOnly)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train_gpt2(tmp_path, steps=30, formats=())
+    series = run.callback.session.series["train_loss"]
+    assert series.steps == [10, 20, 30]  # logging_steps
+    logged = [e["loss"] for e in run.logs.logs if "loss" in e and "train_loss" not in e]
+    assert series.values == pytest.approx(logged)
+
+
 def test_hf_a_rule_that_raises_is_reported_once_and_training_goes_on(tmp_path, monkeypatch) -> None:
     def boom(*args: Any, **kwargs: Any) -> Iterator[Any]:
         raise ZeroDivisionError("planted")

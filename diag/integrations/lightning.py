@@ -39,8 +39,8 @@ from diag.model import Result
 from diag.monitor import DEFAULT_FORMATS, settle, vote
 
 logger = logging.getLogger("diag")
-# Names Lightning users give validation metrics: val_loss, val/acc, valid_f1, validation_loss.
-VALIDATION = re.compile(r"(^|[_/.\-])(val|valid|validation)([_/.\-]|$)", re.IGNORECASE)
+# Names Lightning users give validation metrics: val_loss, val/acc, valid_f1, eval_loss.
+VALIDATION = re.compile(r"(^|[_/.\-])(val|valid|validation|eval)([_/.\-]|$)", re.IGNORECASE)
 
 
 class DiagCallback(pl.Callback):

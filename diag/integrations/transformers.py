@@ -10,7 +10,8 @@ The Trainer's callbacks never see a step's loss, and the one it logs has NaN and
 infinity filtered out (`logging_nan_inf_filter`), so the callback reads the loss where
 the model returns it: a forward hook takes `outputs.loss` of each training forward pass
 (labels given) and adds up the micro-batches of one optimizer step. A model that
-returns no loss falls back to the `loss` of `on_log` (every `logging_steps`).
+returns no loss (a `compute_loss` of your own) falls back to the `loss` of `on_log`,
+every `logging_steps`, which shows a NaN only with `logging_nan_inf_filter=False`.
 
 What runs when:
 - `on_pre_optimizer_step`: the gradient norms, when a record is due (after the

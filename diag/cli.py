@@ -197,6 +197,134 @@ def check(
 
 
 @cli.command()
+@click.argument("path")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    metavar="SECONDS",
+    help="Seconds between polls (default 5).",
+)
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop when nothing has changed for this long: the run has ended.",
+)
+@click.option(
+    "--exit-on-finding", is_flag=True, help="Stop at the first finding at or above --fail-on."
+)
+@click.option("--init", "init_path", metavar="PATH", help="The checkpoint saved before training.")
+@click.option(
+    "--logs",
+    multiple=True,
+    metavar="PATH",
+    help="Logs to read instead of those found (repeatable).",
+)
+@click.option("--train-metric", metavar="NAME", help="The series to use as the training loss.")
+@click.option(
+    "--val-metric", metavar="NAME", help="The series to use as the validation loss or metric."
+)
+@click.option(
+    "--select", multiple=True, metavar="RULES", help="Only these rules or groups (comma list)."
+)
+@click.option(
+    "--ignore", multiple=True, metavar="RULES", help="Skip these rules or groups (comma list)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), help="Format of the --output report (text)."
+)
+@click.option("--output", "-o", metavar="PATH", help="At the end, write the last report here.")
+@click.option("--html", "html_path", metavar="PATH", help="At the end, write the HTML report here.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(FAIL_ON),
+    help="Exit 1 at or above this severity (default error).",
+)
+@click.option(
+    "--config", "config_path", metavar="PATH", help="Config file (default: nearest pyproject.toml)."
+)
+@click.option(
+    "--isolated", is_flag=True, help="Ignore every config file: only the flags given count."
+)
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Say why a poll was not read (a file mid-write)."
+)
+def watch(
+    path: str,
+    interval: float,
+    until_idle: float | None,
+    exit_on_finding: bool,
+    init_path: str | None,
+    logs: tuple[str, ...],
+    train_metric: str | None,
+    val_metric: str | None,
+    select: tuple[str, ...],
+    ignore: tuple[str, ...],
+    fmt: str | None,
+    output: str | None,
+    html_path: str | None,
+    fail_on: str | None,
+    config_path: str | None,
+    isolated: bool,
+    verbose: bool,
+) -> None:
+    """Follow a run another process is writing; print findings as they are found.
+
+    PATH is a run folder (as for `diag check RUN_DIR`) or a log file (as for `diag check
+    --logs FILE`). Every --interval seconds the files under PATH are compared with the last
+    poll; when something changed the run is checked again and each new finding is printed
+    once. A log or checkpoint caught mid-write is read at the next change. Ctrl-C,
+    --until-idle or --exit-on-finding ends the watch with the summary and the exit code of
+    `diag check`. Rule selection, thresholds and --fail-on come from [tool.diag] as for
+    `diag check`; the inputs and report files only from the flags.
+    """
+    from diag.api import CheckOptions
+    from diag.watch import WatchOptions
+    from diag.watch import watch as run_watch
+
+    try:
+        from diag.config import Config, load_config
+
+        if isolated and config_path:
+            raise UsageError("--isolated ignores config files: it cannot go with --config")
+        if fmt and not output:
+            raise UsageError("--format names the --output report: give -o PATH as well")
+        config = Config() if isolated else load_config(config_path)
+        options = CheckOptions(
+            init=init_path,
+            logs=list(logs),
+            train_metric=train_metric or config.get("train-metric"),
+            val_metric=val_metric or config.get("val-metric"),
+            select=_split(select) or config.get("select", []),
+            ignore=_split(ignore) or config.get("ignore", []),
+            extend_select=config.get("extend-select", []),
+            per_object_ignores=config.get("per-object-ignores", {}),
+            rule_options=config.get("rules", {}),
+            baseline=config.get("baseline"),
+            config_path=_shown_path(config.source),
+            fmt=fmt or "text",
+            output=output,
+            html=html_path,
+            fail_on=fail_on or config.get("fail-on", "error"),
+        )
+        watching = WatchOptions(
+            path=path,
+            interval=interval,
+            until_idle=until_idle,
+            exit_on_finding=exit_on_finding,
+            verbose=verbose,
+            color=sys.stderr.isatty(),
+        )
+        code = run_watch(watching, options, out=sys.stdout, err=sys.stderr)
+    except DiagError as exc:
+        fail(str(exc))
+    except MemoryError:
+        fail("out of memory while reading the inputs")
+    sys.exit(code)
+
+
+@cli.command()
 @click.option(
     "--config", "config_path", metavar="PATH", help="Config file (default: nearest pyproject.toml)."
 )

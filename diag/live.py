@@ -33,12 +33,8 @@ from typing import Any
 
 from diag.live_history import GradientHistory, Sample, movement, take_sample
 from diag.model import Finding, Result, RuleError, Severity
+from diag.telling import FACT_RULES, Teller, key_of
 
-# Findings that later steps cannot undo: they count the moment a check sees them.
-FACT_RULES = frozenset(
-    {"loss-nonfinite", "nonfinite-parameter", "exploding-gradients", "no-gradient",
-     "constant-parameter", "symmetric-units"}
-)  # fmt: skip
 LIVE_SOURCE = "<live model>"
 LOG_SOURCE = "<live log>"
 # The parameter rules that mean the same mid-run as at the end. `init-scale` and
@@ -168,9 +164,7 @@ class LiveSession:
         self._recording: Any = None
         self._params: list[tuple[str, Any]] | None = None
         self._hooks: list[Any] = []
-        self.seen: dict[tuple[str, str, str], Finding] = {}
-        # judgements seen once: (step first seen, finding), waiting for a later check
-        self.pending: dict[tuple[str, str, str], tuple[int, Finding]] = {}
+        self.teller = Teller(lambda first, now: now >= first + self.every_n_steps)
         self.events: list[tuple[int, Finding]] = []  # (step, finding) as each was first told
         self.errors: dict[str, RuleError] = {}
         self.notes: list[str] = []
@@ -292,14 +286,15 @@ class LiveSession:
         except Exception as exc:
             self._error("final check", exc)
             result, run = self.result, None
-        final = {(f.rule, f.location.artifact, f.location.object): f for f in result.findings}
+        final = {key_of(f): f for f in result.findings}
         # What the whole run shows, as `diag check` would see it at the end; a fact told
         # earlier stays (NaN weights that a later step overwrote were still NaN then).
-        self.seen = {
-            **{k: f for k, f in self.seen.items() if k[0] in FACT_RULES and k not in final},
+        told = self.teller.told
+        self.teller.finish(result.findings)
+        self.teller.told = {
+            **{k: f for k, f in told.items() if k[0] in FACT_RULES and k not in final},
             **final,
         }
-        self.pending = {}
         self.result = self._result(result)
         for handle in self._hooks:
             handle.remove()
@@ -398,30 +393,14 @@ class LiveSession:
         return training_log(LogRun(Path(LOG_SOURCE), "live", series))
 
     def _absorb(self, result: Result, step: int) -> list[Finding]:
-        """Take a check's findings: new facts at once, new judgements once confirmed.
-
-        A judgement about the run's shape can be undone by what comes next (a loss flat
-        for the first 8 of 20 steps is a plateau at step 20 and nothing at step 40), so a
-        finding of a rule outside FACT_RULES counts only when a run of that rule at least
-        `every_n_steps` later still gives it (an evaluation three steps on is no second
-        opinion). The final check counts as it is, as `diag check` would report it.
-        """
+        """Take a check's findings: facts at once, judgements once confirmed (a run of
+        their rule at least `every_n_steps` later still gives them; an evaluation three
+        steps on is no second opinion). See diag.telling."""
         ran = set(result.metadata.get("timings", {}))
-        new, found = [], set()
-        for finding in result.findings:
-            key = (finding.rule, finding.location.artifact, finding.location.object)
-            found.add(key)
-            confirmed = key in self.pending and step >= self.pending[key][0] + self.every_n_steps
-            if key in self.seen or finding.rule in FACT_RULES or confirmed:
-                if key not in self.seen:
-                    new.append(finding)
-                    self.events.append((step, finding))
-                    self.echo(_line(finding, step))
-                self.seen[key] = finding
-                self.pending.pop(key, None)
-            else:
-                self.pending.setdefault(key, (step, finding))
-        self.pending = {k: v for k, v in self.pending.items() if k in found or k[0] not in ran}
+        new = self.teller.take(result.findings, ran, step)
+        for finding in new:
+            self.events.append((step, finding))
+            self.echo(_line(finding, step))
         for error in result.errors:
             if error.rule not in self.errors:
                 self.errors[error.rule] = error
@@ -436,7 +415,7 @@ class LiveSession:
             self.stop = StopDecision(step, tuple(loud), self._last_clean())
             self.echo(self.stop.message)
         elif heavy and not any(
-            threshold is not None and f.severity >= threshold for f in self.seen.values()
+            threshold is not None and f.severity >= threshold for f in self.teller.told.values()
         ):
             self.last_clean_step = step
 
@@ -449,7 +428,7 @@ class LiveSession:
     def _result(self, latest: Result) -> Result:
         """Every finding seen in the run (the latest version of each), and the run's notes."""
         findings = sorted(
-            self.seen.values(),
+            self.teller.told.values(),
             key=lambda f: (-f.severity, f.rule, f.location.artifact, f.location.object),  # type: ignore[operator]
         )
         meta = dict(latest.metadata)

@@ -2,11 +2,13 @@
 
 One loop over the `diag check` data path: poll the files under PATH (size and mtime), and
 when anything changed, run the same `check` again and print the findings not printed before.
-Nothing here knows a file format or a rule. Logs and checkpoints caught mid-write make the
-loaders raise `DiagError` (a zip without its directory, half a JSON document, a safetensors
-file shorter than its header says); while watching that only means "not ready": the last
-good state is kept and the next change is checked again. CSV and JSON Lines logs are read
-up to their last newline, so a row cut mid-write is never read as a shorter number.
+Nothing here knows a file format or a rule; which findings to print when is
+`diag.telling`'s (facts at once, judgements about the run's shape once more data agrees).
+Logs and checkpoints caught mid-write make the loaders raise `DiagError` (a zip without its
+directory, half a JSON document, a safetensors file shorter than its header says); while
+watching that only means "not ready": the last good state is kept and the next change is
+checked again. CSV and JSON Lines logs are read up to their last newline, so a row cut
+mid-write is never read as a shorter number.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, TextIO
 from diag.api import CheckOptions, check, exit_code
 from diag.errors import DiagError, InputError, UsageError
 from diag.model import Finding, Result
+from diag.telling import Teller
 
 # Files stat-ed per poll at most: discovery refuses bigger folders anyway.
 MAX_ENTRIES = 50_000
@@ -46,7 +49,7 @@ class _State:
     result: Result | None = None
     run: Any = None
     held_back: bool = False  # the last check left an unfinished last line unread
-    printed: set[tuple[str, str, str]] = field(default_factory=set)
+    teller: Teller = field(default_factory=lambda: Teller(_grown))
     error: Exception | None = None
     noted: set[str] = field(default_factory=set)
 
@@ -179,11 +182,10 @@ def _check_and_print(
     state.result, state.run, state.held_back, state.error = result, run, held_back, None
     for error in result.errors:  # a rule that crashed: the text report's RULE ERRORS, once
         _note(state, err, f"rule error: {error.rule}: {error.message}", options.color)
-    for finding in result.findings:
-        key = _key(finding, run)
-        if key not in state.printed:
-            state.printed.add(key)
-            out.write(finding_line(finding) + "\n")
+    state.teller.key = lambda f: _key(f, run)
+    ran = set(result.metadata.get("timings", {}))
+    for finding in state.teller.take(result.findings, ran, _progress(run)):
+        out.write(finding_line(finding) + "\n")
     out.flush()
 
 
@@ -201,6 +203,9 @@ def _finish(
     from diag.reports import render
 
     try:
+        # The run is over: a judgement still waiting for more data is final now.
+        for finding in state.teller.finish(state.result.findings):
+            out.write(finding_line(finding) + "\n")
         out.write(_summary(state.result) + "\n")
         out.flush()
         if options.output:
@@ -218,6 +223,25 @@ def _summary(result: Result) -> str:
     from diag.reports import render
 
     return render("text", result).rstrip("\n").rsplit("\n", 1)[-1]
+
+
+def _progress(run: Any) -> tuple[int, int]:
+    """How far the run has got: the largest step logged, and the checkpoints written."""
+    steps = 0
+    for log in getattr(run, "logs", None) or ():
+        for curve in log.curves.values():
+            if len(curve):
+                steps = max(steps, int(curve.steps[-1]))
+    history = getattr(run, "history", None)
+    checkpoints = len(history) if history else int(getattr(run, "checkpoint", None) is not None)
+    return steps, checkpoints
+
+
+def _grown(first: tuple[int, int], now: tuple[int, int]) -> bool:
+    """A judgement first made at `first` is confirmed by a check a quarter further into
+    the run (a plateau over the first 40% of 20 steps must still be one at 25 steps), or
+    one with a newer checkpoint for judgements about weights."""
+    return now[0] >= max(first[0] + 1, first[0] * 5 // 4) or now[1] > first[1]
 
 
 def _options_for(base: CheckOptions, root: Path) -> CheckOptions:

@@ -105,7 +105,7 @@ def test_a_judgement_the_next_check_undoes_is_never_told() -> None:
     thresholds at step 20 and none at step 40. Told only if the next check agrees."""
     run = train_live(LiveFault(), every_n_steps=EVERY, epochs=2, **QUIET)
     session = run.monitor.session
-    assert not session.events and not session.pending
+    assert not session.events and not session.teller.pending
     assert run.monitor.result.findings == ()
 
 

@@ -229,6 +229,34 @@ def test_last_row_without_newline_counts_once_the_run_is_idle(tmp_path: Path) ->
     assert errors[-1] == "diag: no change for 1s: the run has ended"
 
 
+def test_a_plateau_the_next_rows_undo_is_never_printed(tmp_path: Path) -> None:
+    """Flat for the first 2 of 5 steps is a plateau over 40% of the run, by
+    loss-not-decreasing's thresholds, and nothing once the loss has fallen for 5 more:
+    a judgement is printed only when a check a quarter further on still makes it. A NaN
+    is a fact: printed at once."""
+    log = tmp_path / "train.csv"
+    flat = lambda s: 2.0 if s < 2 else 2.0 * 0.8 ** (s - 1)  # noqa: E731
+    log.write_text("step,train_loss\n" + "".join(f"{s},{flat(s)}\n" for s in range(5)))
+    more = [lambda s=s: log.open("a").write(f"{s},{flat(s)}\n") for s in range(5, 12)]
+    more.append(lambda: log.open("a").write("12,nan\n"))
+    code, printed, _, by_poll = _drive(log, more)
+    assert code == 1
+    assert not any("loss-not-decreasing" in text for text in by_poll)
+    assert [line.split(": ")[1] for line in printed[:-1]] == ["loss-nonfinite"]
+
+
+def test_a_judgement_that_holds_is_printed_once_more_data_agrees(tmp_path: Path) -> None:
+    log = tmp_path / "train.csv"
+    log.write_text("step,train_loss\n" + "".join(f"{s},2.0\n" for s in range(10)))
+    more = [lambda s=s: log.open("a").write(f"{s},2.0\n") for s in range(10, 14)]
+    code, printed, _, by_poll = _drive(log, more)
+    assert code == 0  # a warning: --fail-on error
+    # First seen with the log at step 9: it waits for step 11 (a quarter further on).
+    assert "loss-not-decreasing" not in by_poll[1]  # step 10
+    assert "loss-not-decreasing" in by_poll[2]  # step 11
+    assert sum("loss-not-decreasing" in line for line in printed) == 1
+
+
 def test_exit_on_finding_stops_at_the_first_failing_finding(tmp_path: Path) -> None:
     log = tmp_path / "train.csv"
     log.write_text("step,train_loss\n" + "".join(f"{s},{2.0 * 0.9**s}\n" for s in range(10)))

@@ -101,6 +101,10 @@ class DiagCallback(pl.Callback):
         self._saving, self._noted = [], set()
         self._finished = False
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run starts at its checkpoint's step (restored by now), not at 0.
+        self._last_step = trainer.global_step
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
@@ -124,7 +128,7 @@ class DiagCallback(pl.Callback):
         if loss is not None:
             self._losses.append(loss.detach())
         step = trainer.global_step
-        if step == self._last_step or step == 0:
+        if step == self._last_step:
             return  # a batch of gradient accumulation: the optimizer has not stepped yet
         self._last_step = step
         self._note_checkpoints(trainer)

@@ -162,6 +162,7 @@ class LiveSession:
         self._activations: Any = None
         self._arm_activations = False
         self._recording: Any = None
+        self._explicit = False  # an adapter brackets the sampled forward pass itself
         self._params: list[tuple[str, Any]] | None = None
         self._hooks: list[Any] = []
         self.teller = Teller(lambda first, now: now >= first + self.every_n_steps)
@@ -337,7 +338,10 @@ class LiveSession:
             groups.add("live")
         if "activations" in kinds and self._activations is not None:
             run._activations = self._activations
+            groups.add("grads")  # its rules that read only activations (saturation)
         specs = [s for s in self._specs if s.group in groups]
+        # Of the probe's rules, only those that read nothing but the activations can run.
+        specs = [s for s in specs if s.group != "grads" or s.needs == ("activations",)]
         if not final:
             specs = [s for s in specs if s.group != "params" or s.name in LIVE_PARAM_RULES]
         result = run_rules(run, specs, {"live": True}, self._options)
@@ -500,8 +504,35 @@ class LiveSession:
 
     # ------------------------------------------------------------ sampled activations
 
+    @property
+    def activations_due(self) -> bool:
+        """Whether the next training forward pass is the one sampled for the activations."""
+        return self._arm_activations
+
+    def start_activations(self) -> None:
+        """Watch the training forward pass about to run (when one is due).
+
+        The model's own forward hooks do this for a plain loop; an adapter whose framework
+        may call a submodule rather than the model (Lightning's `training_step` calling
+        `self.net(x)`) brackets the step with this and `finish_activations` instead.
+        """
+        self._explicit = True
+        self._start()
+
+    def finish_activations(self) -> None:
+        self._finish()
+        self._explicit = False
+
     def _before_forward(self, module: Any, args: Any) -> None:
-        if not self._arm_activations or not module.training:
+        if not self._explicit and module.training:
+            self._start()
+
+    def _after_forward(self, module: Any, args: Any, output: Any) -> None:
+        if not self._explicit:
+            self._finish()
+
+    def _start(self) -> None:
+        if not self._arm_activations or not self.is_main:
             return
         stale = self._recording
         if stale is not None:  # the last sampled forward raised before it ended
@@ -514,7 +545,7 @@ class LiveSession:
             self._arm_activations = False
             self._error("activation record", exc)
 
-    def _after_forward(self, module: Any, args: Any, output: Any) -> None:
+    def _finish(self) -> None:
         recording = self._recording
         if recording is None:
             return

@@ -23,6 +23,8 @@ CALIBRATION_MODULES = {
     "test_gradients.py",
     "test_gradient_search.py",
     "test_grads_rules.py",
+    "test_integrations.py",
+    "test_live.py",
     "test_probe_budgets.py",
     "test_probe_lm.py",
     "test_probe_lm_cli.py",

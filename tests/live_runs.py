@@ -98,22 +98,23 @@ def train_live(
 
 def gradient_margins(history: Any, every: int = 10) -> dict[str, float]:
     """What the [live] gradient rules threshold, at every check of the run (each prefix of
-    `every` records): the largest growth of a tensor's recent gradient norm over its own
-    earlier median, and the furthest a tensor's fall went below the median tensor's."""
-    import math
+    `every` records), computed as the rules compute it: the largest growth of a tensor's
+    recent gradient norm over its own earlier median, and the furthest a tensor's fall went
+    below the median tensor's."""
     import statistics
+
+    from diag.live_history import GradientHistory
+    from diag.rules.live import falls, growths
 
     growth, lag = 0.0, 0.0
     for end in range(every, len(history.steps) + 1, every):
-        falls = {}
-        for norms in history.norms.values():
-            seen = [v for v in norms[:end] if v is not None and math.isfinite(v)]
-            if len(seen) >= 8 and statistics.median(seen[:-3]) > 0:
-                growth = max(growth, statistics.median(seen[-3:]) / statistics.median(seen[:-3]))
-            if len(seen) >= 6 and min(seen[:3]) > 0 and statistics.median(seen[-3:]) > 0:
-                early, late = statistics.median(seen[:3]), statistics.median(seen[-3:])
-                falls[len(falls)] = math.log10(late / early)
-        if len(falls) >= 3:
-            median = statistics.median(falls.values())
-            lag = max(lag, median - min(falls.values()))
+        prefix = GradientHistory(
+            history.source, history.steps[:end], {k: v[:end] for k, v in history.norms.items()}
+        )
+        for recent, earlier in growths(prefix).values():
+            if earlier > 0:
+                growth = max(growth, recent / earlier)
+        fell, _ = falls(prefix)
+        if len(fell) >= 3:
+            lag = max(lag, statistics.median(fell.values()) - min(fell.values()))
     return {"growth": growth, "lag_decades": lag}

@@ -115,6 +115,14 @@ class LightningRun:
     folder: Path
 
 
+class DigitsCallingNet(Digits):
+    """A `training_step` that calls the inner network, never the module's own forward."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return cross_entropy(self.net(x), y)
+
+
 def fit_lightning(
     folder: Path,
     fault: Fault = Fault(),
@@ -122,12 +130,13 @@ def fit_lightning(
     epochs: int = 8,
     accumulate: int = 1,
     seed: int = 0,
+    module_class: type = Digits,
     **options: Any,
 ) -> LightningRun:
     from torch.utils.data import DataLoader, TensorDataset
 
     x, y, xv, yv = digits(seed)
-    module = Digits(fault, seed)
+    module = module_class(fault, seed)
     callbacks: list[Any] = [
         LightningCallback(every_n_steps=EVERY, **{"output": folder / "diag", **OPTIONS, **options})
     ]
@@ -564,3 +573,17 @@ def test_import_diag_loads_neither_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_lightning_samples_activations_when_training_step_skips_forward(tmp_path) -> None:
+    """The sampled step is bracketed from batch start to backward, so the activations are
+    recorded whichever module `training_step` calls; dead-units and saturated-activations
+    then read them at every check."""
+    run = fit_lightning(tmp_path, epochs=2, module_class=DigitsCallingNet, formats=())
+    session = run.callback.session
+    assert session._activations is not None
+    layers = {layer.name for layer in session._activations.layers}
+    assert {"net.conv1", "net.fc1", "net.fc2"} <= layers
+    timings = run.callback.result.metadata["timings"]
+    assert {"dead-units", "saturated-activations"} <= set(timings)
+    assert _loud(run.callback.result) == []

@@ -98,6 +98,7 @@ def test_layers_that_stop_learning_are_named_and_their_units_dead() -> None:
     assert ("vanishing-gradients", "out.weight") not in found
     # the sampled training forward pass saw every fc1 unit dead
     assert ("dead-units", "fc1.weight") in found
+    assert "saturated-activations" in run.monitor.result.metadata["timings"]
 
 
 def test_a_judgement_the_next_check_undoes_is_never_told() -> None:

@@ -105,6 +105,20 @@ class DiagCallback(pl.Callback):
         # A resumed run starts at its checkpoint's step (restored by now), not at 0.
         self._last_step = trainer.global_step
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # `training_step` may call a submodule (`self.net(x)`) and never the module's own
+        # forward: the sampled step's forward pass is bracketed here, up to the backward.
+        if self.session is not None and self.session.activations_due:
+            self.session.start_activations()
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any
+    ) -> None:
+        if self.session is not None:
+            self.session.finish_activations()
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:

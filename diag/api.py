@@ -49,6 +49,8 @@ class CheckOptions:
     baseline: str | None = None
     write_baseline: str | None = None
     config_path: str | None = None
+    engine: str = "local"  # where the data rules run: local, or ray (diag.data_engines)
+    engine_address: str | None = None
 
 
 def exit_code(result: Result, fail_on: str) -> int:
@@ -62,6 +64,7 @@ def exit_code(result: Result, fail_on: str) -> int:
 def check(options: CheckOptions) -> tuple[Result, Any]:
     """Load the inputs, run the selected rules, return the Result and the Run."""
     from diag.engine import run_rules
+    from diag.data_engines import engine_for
     from diag.loaders.checkpoint import open_checkpoint
     from diag.registry import load_rules, select_rules
     from diag.run import Run
@@ -103,8 +106,16 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
         run.init_is_reference = False
     if options.logs:
         run.logs = load_logs(options.logs, options.train_metric, options.val_metric)
+    engine = engine_for(
+        options.engine,
+        options.splits,
+        options.label_column,
+        options.group_column,
+        options.engine_address,
+    )
     if options.splits:
         run.splits = load_splits(options.splits, options.label_column, options.group_column)
+        run.engine = None if engine.name == "local" else engine
     run.quiet = options.quiet
     if options.model and options.batch:
         from diag.loaders.probe_inputs import open_probe

@@ -117,6 +117,14 @@ def cli() -> None:
 @click.option(
     "--isolated", is_flag=True, help="Ignore every config file: only the flags given count."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(("local", "ray")),
+    help="Where the data rules run: this process (default) or a Ray cluster.",
+)
+@click.option(
+    "--engine-address", metavar="ADDR", help="The Ray cluster (default: ray.init's discovery)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
     "--verbose", "-v", is_flag=True, help="List every file read and every rule not run, and why."
@@ -144,6 +152,8 @@ def check(
     fail_on: str | None,
     config_path: str | None,
     isolated: bool,
+    engine: str | None,
+    engine_address: str | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -185,6 +195,8 @@ def check(
             output=output or config.get("output"),
             html=html_path or config.get("html"),
             fail_on=fail_on or config.get("fail-on", "error"),
+            engine=engine or config.get("engine", "local"),
+            engine_address=engine_address or config.get("engine-address"),
             quiet=quiet or not sys.stderr.isatty(),
             verbose=verbose,
         )

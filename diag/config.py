@@ -13,6 +13,7 @@ KEYS = (
     "checkpoint", "init", "logs", "train-metric", "val-metric", "splits", "label-column",
     "group-column", "model", "batch", "loss", "select", "extend-select", "ignore",
     "per-object-ignores", "rules", "baseline", "fail-on", "format", "output", "html",
+    "engine", "engine-address",
 )  # fmt: skip
 PATH_KEYS = ("checkpoint", "init", "output", "html", "batch", "baseline")
 FAIL_ON = ("info", "warning", "error", "never")

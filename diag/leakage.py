@@ -290,31 +290,58 @@ def digest_split(
     bytes (text) with `near`; the content is dropped chunk by chunk.
     """
     total = len(split)
-    hashes, records, min_side = [], [], 1 << 30
+    parts = []
     for start, chunk in split.samples.chunks(chunk_size):
-        if split.kind == IMAGE:
-            imgs = [np.asarray(x) for x in chunk]  # type: ignore[attr-defined]
-            raw = b"".join(_hash_image(x) for x in imgs)
-            hashes.append(np.frombuffer(raw, dtype=np.uint64).reshape(-1, 2))
-            if near and imgs:
-                records.append(np.stack([image_thumbnail(x) for x in imgs]))
-                min_side = min(min_side, *(min(x.shape[:2]) for x in imgs))
-        elif split.kind == TABLE:
-            hashes.append(_hash_table_chunk(chunk))  # type: ignore[arg-type]
-            if near:
-                records.append(_table_record(chunk))  # type: ignore[arg-type]
-        elif split.kind == TEXT:
-            texts = list(chunk)  # type: ignore[call-overload]
-            hashes.append(_hash_texts(texts, b"txt"))
-            if near and texts:
-                records.append(np.stack([_minhash(t) for t in texts]))
-        else:
-            raise ValueError(f"unknown split kind {split.kind!r}")
+        parts.append(digest_chunk(split.kind, chunk, near))
         if progress is not None:
-            progress(min(start + len(hashes[-1]), total), total)
-    h = np.concatenate(hashes) if hashes else np.zeros((0, 2), dtype=np.uint64)
+            progress(min(start + len(parts[-1].hashes), total), total)
+    return assemble(split, parts)
+
+
+@dataclass(frozen=True, eq=False)
+class DigestPart:
+    """The signatures of a run of consecutive samples: the map stage's output."""
+
+    hashes: np.ndarray
+    records: np.ndarray | None
+    min_side: int = 1 << 30
+
+
+def digest_chunk(kind: str, chunk: object, near: bool) -> DigestPart:
+    """Signatures of one chunk of samples: a pure function, so any engine can map it."""
+    if kind == IMAGE:
+        imgs = [np.asarray(x) for x in chunk]  # type: ignore[attr-defined]
+        raw = b"".join(_hash_image(x) for x in imgs)
+        hashes = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 2)
+        if near and imgs:
+            thumbs = np.stack([image_thumbnail(x) for x in imgs])
+            return DigestPart(hashes, thumbs, min(min(x.shape[:2]) for x in imgs))
+        return DigestPart(hashes, None)
+    if kind == TABLE:
+        return DigestPart(
+            _hash_table_chunk(chunk),  # type: ignore[arg-type]
+            _table_record(chunk) if near else None,  # type: ignore[arg-type]
+        )
+    if kind == TEXT:
+        texts = list(chunk)  # type: ignore[call-overload]
+        records = np.stack([_minhash(t) for t in texts]) if near and texts else None
+        return DigestPart(_hash_texts(texts, b"txt"), records)
+    raise ValueError(f"unknown split kind {kind!r}")
+
+
+def merge_parts(parts: Sequence[DigestPart]) -> DigestPart:
+    """Consecutive parts as one, in sample order."""
+    h = np.concatenate([p.hashes for p in parts]) if parts else np.zeros((0, 2), np.uint64)
+    records = [p.records for p in parts if p.records is not None]
     rec = np.concatenate(records) if records else None
-    return SplitDigest(split, h, rec, min_side if min_side < 1 << 30 else 0)
+    return DigestPart(h, rec, min((p.min_side for p in parts), default=1 << 30))
+
+
+def assemble(split: Split, parts: Sequence[DigestPart]) -> SplitDigest:
+    """One split's digest from its parts, in sample order."""
+    whole = merge_parts(parts)
+    min_side = whole.min_side if whole.min_side < 1 << 30 else 0
+    return SplitDigest(split, whole.hashes, whole.records, min_side)
 
 
 def _hash_table_chunk(chunk: TableChunk) -> np.ndarray:

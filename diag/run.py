@@ -64,6 +64,8 @@ class Run:
     updates: dict[str, UpdateStats] | None = None
     logs: list[TrainingLog] | None = None
     splits: dict[str, Split] | None = None
+    # Where the data rules' stages run (diag.data_engines): None is this process.
+    engine: Any = None
     quiet: bool = True
     probe: Probe | None = None
     # Gradient norms recorded while the model trained (diag.live); None after the fact.
@@ -91,7 +93,10 @@ class Run:
     def leakage(self) -> LeakageReport | None:
         """Exact and near copies between and within the splits, computed on first use."""
         if self._leakage is None and self.splits:
-            self._leakage = analyse_splits(self.splits, quiet=self.quiet)
+            if self.engine is not None:
+                self._leakage = self.engine.analyse(self.splits, quiet=self.quiet)
+            else:
+                self._leakage = analyse_splits(self.splits, quiet=self.quiet)
             give_back()
         return self._leakage
 

@@ -8,10 +8,10 @@ import os
 import re
 from abc import abstractmethod
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -306,3 +306,24 @@ def names_list(names: Sequence[str], limit: int = 20) -> str:
     shown = ", ".join(short(n) for n in list(names)[:limit])
     more = len(names) - limit
     return f"{shown}, ... ({more} more)" if more > 0 else shown or "none"
+
+
+def read_range(source: Any, start: int, stop: int, size: int) -> Iterator[tuple[int, object]]:
+    """Samples start..stop-1 of a split in chunks like `chunks` gives: one shard of it.
+
+    Sources that can seek to a sample read the range sequentially (`range_chunks`); the
+    others are read through `take`, which every source has.
+    """
+    check_size(size)
+    own = getattr(source, "range_chunks", None)
+    if own is not None:
+        yield from own(start, stop, size)
+        return
+    for lo in range(start, stop, size):
+        items = source.take(list(range(lo, min(lo + size, stop))))
+        if items and isinstance(items[0], TableChunk):
+            texts = [t for item in items for t in (item.text or ())]
+            numeric = np.concatenate([item.numeric for item in items])
+            yield lo, TableChunk(numeric, texts if len(texts) == len(numeric) else None)
+        else:
+            yield lo, items

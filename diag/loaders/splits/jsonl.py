@@ -209,6 +209,26 @@ class _JsonlSamples:
         if batch:
             yield done, batch
 
+    def range_chunks(self, start: int, stop: int, size: int) -> Iterator[tuple[int, object]]:
+        """Samples start..stop-1 in chunks, read sequentially from the first one's offset
+        (a shard of the split, for an engine that reads shards in parallel)."""
+        check_size(size)
+        i, batch, first = start, [], start
+        while i < stop:
+            k = self._scan.files[i]
+            path = self._paths[k]
+            with _open(path) as fh:
+                for _offset, _line, record in _records(path, fh, self._scan.offsets[i]):
+                    batch.append(self._text(path, self._scan.lines[i], record))
+                    i += 1
+                    if len(batch) == size:
+                        yield first, batch
+                        first, batch = i, []
+                    if i >= stop or self._scan.files[i] != k:
+                        break
+        if batch:
+            yield first, batch
+
     def take(self, indices: Sequence[int]) -> list[object]:
         wanted = check_indices(indices, len(self))
         found: dict[int, str] = {}

@@ -1,0 +1,130 @@
+"""`--engine ray` gives the findings the in-process engine gives, on a local 2-worker cluster.
+
+The cluster is started by the tests (`ray.init(num_cpus=2)`: two worker processes, each
+opening the splits from their paths and digesting its own shards). Shards are cut small
+(SHARD_SAMPLES) so every split is read as many shards, spread over both workers. Compared:
+every finding's rule, location, message and evidence, on the data-rule cases of
+tests/test_data_rules.py, the planted and clean digits of tests/test_data_calibration.py
+in npz, CSV and image folders, and planted text copies in JSON Lines and Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import ray
+from click.testing import CliRunner
+from test_data_calibration import WRITERS, make_splits
+from test_data_rules import CASES, _write
+from test_splits_text_formats import leaky as leaky_text
+from test_splits_text_formats import stdlib_docstrings, write_jsonl
+
+import diag.data_engines as engines
+from diag.api import CheckOptions, check
+from diag.cli import cli
+from diag.errors import UsageError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster(monkeypatch_module):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    monkeypatch_module.setattr(engines, "SHARD_SAMPLES", 97)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def findings(splits: dict, engine: str) -> list[dict]:
+    options = CheckOptions(splits={k: str(v) for k, v in splits.items()}, select=["data"])
+    options.engine = engine
+    result, _ = check(options)
+    return [
+        {"rule": f.rule, "where": f.location.to_dict(), "message": f.message, **f.evidence}
+        for f in result.findings
+    ]
+
+
+def same_everywhere(splits: dict) -> list[dict]:
+    local = findings(splits, "local")
+    assert findings(splits, "ray") == local
+    return local
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.fires], ids=lambda c: c.id)
+def test_table_cases_give_the_same_findings(case, tmp_path) -> None:
+    found = same_everywhere(_write(case.arrays(), tmp_path))
+    assert case.rule in {f["rule"] for f in found}
+
+
+@pytest.mark.parametrize("fmt", list(WRITERS))
+@pytest.mark.parametrize("leaky", [True, False], ids=["planted", "clean"])
+def test_digits_in_every_format_give_the_same_findings(fmt, leaky, tmp_path) -> None:
+    splits = WRITERS[fmt](make_splits(leaky=leaky), tmp_path)
+    found = same_everywhere(splits)
+    rules = {f["rule"] for f in found}
+    assert ("split-overlap-exact" in rules) is leaky and ("split-overlap-near" in rules) is leaky
+
+
+def test_text_copies_in_jsonl_and_parquet_give_the_same_findings(tmp_path) -> None:
+    import datasets
+
+    train, test = leaky_text(stdlib_docstrings())
+    paths = {
+        "train": write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in train]),
+        "test": write_jsonl(tmp_path / "test.jsonl", [{"text": t} for t in test]),
+    }
+    found = same_everywhere(paths)
+    assert {"split-overlap-exact", "split-overlap-near", "duplicates-within-split"} <= {
+        f["rule"] for f in found
+    }
+    parquet = {}
+    for name, texts in (("train", train), ("test", test)):
+        parquet[name] = tmp_path / f"{name}.parquet"
+        datasets.Dataset.from_list([{"text": t} for t in texts]).to_parquet(parquet[name])
+    assert [f["rule"] for f in same_everywhere(parquet)] == [f["rule"] for f in found]
+
+
+def test_the_cli_takes_the_engine_and_its_address(tmp_path) -> None:
+    case = next(c for c in CASES if c.rule == "split-overlap-exact" and c.fires)
+    paths = _write(case.arrays(), tmp_path)
+    args = ["check", "--format", "json", "-q", "--select", "data", "--isolated"]
+    args += [a for n, p in paths.items() for a in ("--split", f"{n}={p}")]
+    out = {}
+    for engine in ("local", "ray"):
+        result = CliRunner().invoke(cli, [*args, "--engine", engine])
+        assert result.exit_code == 1, result.output
+        out[engine] = [(f["rule"], f["message"]) for f in json.loads(result.output)["findings"]]
+    assert out["ray"] == out["local"]
+    result = CliRunner().invoke(cli, [*args, "--engine-address", "127.0.0.1:6379"])
+    assert result.exit_code == 2 and "--engine-address needs --engine ray" in result.output
+
+
+def test_without_ray_installed_the_engine_is_a_one_line_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(UsageError, match=r"pip install 'diag\[ray\]'"):
+        engines._ray(None)
+
+
+def test_shards_cover_every_sample_once(tmp_path) -> None:
+    """A worker's shard is samples start..stop-1, read with the split's own reader."""
+    from diag.leakage import assemble, digest_split
+    from diag.loaders.splits.loaders import open_split
+
+    paths = _write(CASES[0].arrays(), tmp_path)
+    spec = engines.SplitSpec("train", str(paths["train"]))
+    split = open_split("train", paths["train"])
+    parts = [
+        engines._digest_shard(spec, lo, min(lo + 97, len(split))) for lo in range(0, len(split), 97)
+    ]
+    whole = digest_split(split)
+    assert np.array_equal(assemble(split, parts).hashes, whole.hashes)
+    assert np.array_equal(assemble(split, parts).records, whole.records)

@@ -235,6 +235,41 @@ class LiveSession:
         """A checkpoint was saved: named as the last clean one when no finding follows."""
         self.checkpoints.append((int(step), str(path)))
 
+    # ------------------------------------------------------- distributed data parallel
+
+    def vote(self) -> bool:
+        """This rank's vote to stop: rank 0's decision, or a non-finite loss on another rank.
+
+        Only rank 0 checks, but a NaN loss on any rank is the run's (its loss is the mean
+        over ranks), and the gradients all-reduced from it poison every rank's weights.
+        """
+        if self.stop is not None:
+            return True
+        if self.is_main or self.stop_on is None:
+            return False
+        if not any(spec.name == "loss-nonfinite" for spec in self._specs):
+            return False
+        series = self.series.get("train_loss")
+        return bool(
+            series and series.steps[-1] == self.step_count and not math.isfinite(series.values[-1])
+        )
+
+    def settle(self, step: int, stopping: bool) -> None:
+        """After the ranks agreed to stop: rank 0 gives the reason when another rank saw it.
+
+        Another rank votes only for a non-finite loss, so rank 0 records the run's loss at
+        this step as NaN and its curve rules name it; the Result says where it was seen.
+        """
+        if not stopping or not self.is_main or self.stop is not None:
+            return
+        self.notes.append(f"the non-finite loss at step {step} was seen on another rank")
+        series = self.series.get("train_loss")
+        if series and series.steps[-1] == step:
+            series.values[-1] = math.nan
+        else:
+            self.log_value("train_loss", math.nan, step)
+        self.check(step, kinds=("curves",))
+
     # ---------------------------------------------------------------------- the checks
 
     def check(self, step: int, kinds: tuple[str, ...]) -> list[Finding]:

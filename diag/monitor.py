@@ -20,7 +20,6 @@ rank that sees it votes to stop, and rank 0 records the run's loss at that step 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -134,40 +133,13 @@ def agree_to_stop(session: LiveSession, step: int, world: int) -> bool:
 
 
 def vote(session: LiveSession) -> bool:
-    """This rank's vote to stop: rank 0's decision, or a non-finite loss on another rank.
-
-    Only rank 0 checks, but a NaN loss on any rank is the run's (its loss is the mean
-    over ranks), and the gradients all-reduced from it poison every rank's weights.
-    """
-    if session.stop is not None:
-        return True
-    if session.is_main or session.stop_on is None or not _watches_loss(session):
-        return False
-    series = session.series.get("train_loss")
-    return bool(
-        series and series.steps[-1] == session.step_count and not math.isfinite(series.values[-1])
-    )
+    """This rank's vote to stop (see `LiveSession.vote`)."""
+    return session.vote()
 
 
 def settle(session: LiveSession, step: int, stopping: bool) -> None:
-    """After the ranks agreed to stop: rank 0 gives the reason when another rank saw it.
-
-    Another rank votes only for a non-finite loss, so rank 0 records the run's loss at
-    this step as NaN and its curve rules name it; the Result says where it was seen.
-    """
-    if not stopping or not session.is_main or session.stop is not None:
-        return
-    session.notes.append(f"the non-finite loss at step {step} was seen on another rank")
-    series = session.series.get("train_loss")
-    if series and series.steps[-1] == step:
-        series.values[-1] = math.nan
-    else:
-        session.log_value("train_loss", math.nan, step)
-    session.check(step, kinds=("curves",))
-
-
-def _watches_loss(session: LiveSession) -> bool:
-    return any(spec.name == "loss-nonfinite" for spec in session._specs)
+    """After the ranks agreed (see `LiveSession.settle`)."""
+    session.settle(step, stopping)
 
 
 def _any_rank(flag: bool) -> bool:

@@ -27,6 +27,7 @@ BUILTIN_RULE_MODULES = (
     "diag.rules.grads",
     "diag.rules.adapters",
     "diag.rules.live",
+    "diag.rules.contamination",
 )
 DOC_SECTIONS = ("What it does", "Why is this bad?", "How to fix")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")

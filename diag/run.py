@@ -26,6 +26,7 @@ MISSING_REASONS = {
     "logs|checkpoint": "needs --logs, or a checkpoint that records what it monitored",
     "splits": "needs --split NAME=PATH",
     "leakage": "needs --split NAME=PATH",
+    "contamination": "needs --split NAME=PATH",
     "probe": "needs --model and --batch",
     "probe_init": "needs --model, --batch and --init",
     "activations": "needs --model and --batch",
@@ -39,7 +40,7 @@ MISSING_FLAGS = {
     "checkpoint": "CHECKPOINT",
     "init": "--init", "updates": "--init", "initial": "--init",
     "logs": "--logs", "logs|checkpoint": "--logs",
-    "splits": "--split", "leakage": "--split",
+    "splits": "--split", "leakage": "--split", "contamination": "--split",
     "probe": "--model/--batch", "probe_init": "--model/--batch",
     "activations": "--model/--batch", "gradients": "--model/--batch",
     "checkpoint|activations": "CHECKPOINT",
@@ -73,6 +74,7 @@ class Run:
     _activations: Any = field(default=None, repr=False)
     _gradients: Any = field(default=None, repr=False)
     _leakage: LeakageReport | None = field(default=None, repr=False)
+    _contamination: Any = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
     _failed: dict[str, Exception] = field(default_factory=dict, repr=False)
     # Seconds each piece of shared work took (SHARED_WORK's labels), in the order it ran,
@@ -99,6 +101,16 @@ class Run:
                 self._leakage = analyse_splits(self.splits, quiet=self.quiet)
             give_back()
         return self._leakage
+
+    @property
+    def contamination(self) -> Any:
+        """Evaluation text found in the training split (diag.contamination), computed on
+        first use for each set of options and kept for the rest of the check."""
+        if self._contamination is None and self.splits:
+            from diag.contamination import ContaminationCheck
+
+            self._contamination = ContaminationCheck(self.splits, quiet=self.quiet)
+        return self._contamination
 
     @property
     def activations(self) -> Any:

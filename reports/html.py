@@ -237,9 +237,11 @@ def _context(result: Result, run: Run | None) -> dict[str, Any]:
     evidence = Evidence(result.findings, anchors)
     # Pictures first, in page order: registering them is what gives findings their links.
     leaks = _leak_views(result, run, anchors, evidence)
+    contamination = _contamination_views(result, run, anchors, evidence)
     probe = _probe_view(run)
     pictures = {
         "leaks": leaks,
+        "contamination": contamination,
         "probe": probe,
         "probe_links": _probe_links(probe, evidence),
         "curves": _curve_figures(result, run, evidence),
@@ -354,6 +356,24 @@ def _leak_views(
     ]
 
 
+def _contamination_views(
+    result: Result, run: Run | None, anchors: dict[int, str], evidence: Evidence
+) -> list[Figure]:
+    if run is None or not getattr(run, "splits", None):
+        return []
+    from diag.reports.contamination import contamination_views
+
+    views = contamination_views(result.findings, run.splits, anchors)
+    return [
+        Figure(
+            f"shared-{i}",
+            v,
+            evidence.picture(("finding", v.anchor), f"shared-{i}", "shared text"),
+        )
+        for i, v in enumerate(views, 1)
+    ]
+
+
 def _curve_figures(result: Result, run: Run | None, evidence: Evidence) -> list[Figure]:
     if run is None or not getattr(run, "logs", None):
         return []
@@ -396,6 +416,10 @@ def format_value(value: Any) -> str:
 def _evidence_value(f: Finding, key: str, value: Any, run: Run | None) -> str:
     if key == "pairs" and isinstance(value, list | tuple):
         return pairs_text(value, f.location.details.get("splits"), run)
+    if key == "documents" and f.rule == "eval-contamination" and isinstance(value, list):
+        from diag.reports.contamination import documents_text
+
+        return documents_text(value, f.location.details.get("splits"), run)
     return format_value(value)
 
 

@@ -44,6 +44,9 @@ MIN_TOKENS = 8  # shorter evaluation documents are never evidence, even when fou
 MAX_DOC_COUNT = 100
 MAX_DOC_FRACTION = 0.05
 MAX_VERIFIED = 8  # candidate training documents verified per evaluation document
+KEEP_DOCS = MAX_VERIFIED  # training document ids kept per n-gram (counts stay exact)
+MAX_CANDIDATES = 2_000_000  # window pairs one verification compares at most
+CANDIDATE_BLOCK = 250_000  # evaluation n-grams turned into candidate pairs at once
 TAKE_BATCH = 512  # training documents re-read at once for verification
 
 Progress = Callable[[int, int], None]
@@ -407,21 +410,20 @@ def verify(
     width = min(n, len(a))
     if width == 0 or len(b) < width:
         return NOTHING
-    wa = windows(sequences([eval_text], mode), width)
-    wb = windows(sequences([train_text], mode), width)
-    ia, jb = _equal_pairs(wa.hashes, wb.hashes)
+    ha = windows(sequences([eval_text], mode), width).hashes
+    hb = windows(sequences([train_text], mode), width).hashes
+    allowed = np.ones(len(ha), dtype=bool)
     if ignore is not None and len(ignore):
-        keep = ~np.isin(ia, ignore)
-        ia, jb = ia[keep], jb[keep]
-    # The hashes only propose; the units decide.
-    same = np.fromiter(
-        (
-            a[i : i + width] == b[j : j + width]
-            for i, j in zip(ia.tolist(), jb.tolist(), strict=True)
-        ),
-        dtype=bool,
-        count=len(ia),
-    )
+        allowed[ignore[ignore < len(ha)]] = False
+    ia, jb = _equal_pairs(ha, hb, allowed)
+    # The hashes only propose; the units decide. Units get exact ids (a dict resolves
+    # equal strings, never hashes alone), then whole windows are compared at once.
+    vocab: dict[str, int] = {}
+    ua = np.fromiter((vocab.setdefault(t, len(vocab)) for t in a), np.int64, len(a))
+    ub = np.fromiter((vocab.setdefault(t, len(vocab)) for t in b), np.int64, len(b))
+    same = np.ones(len(ia), dtype=bool)
+    for k in range(width):
+        same &= ua[ia + k] == ub[jb + k]
     ia, jb = ia[same], jb[same]
     if not len(ia):
         return NOTHING
@@ -439,17 +441,23 @@ def verify(
     return Shared(span, (i0, i0 + span), (j0, j0 + span), np.unique(ia))
 
 
-def _equal_pairs(ha: np.ndarray, hb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (i, j) with ha[i] == hb[j], as index arrays, without a quadratic table."""
+def _equal_pairs(
+    ha: np.ndarray, hb: np.ndarray, allowed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with ha[i] == hb[j] for the allowed i, without a quadratic table. Repetitive
+    text ("the the the ...") would pair every window with every other: past
+    MAX_CANDIDATES pairs each i keeps only its first occurrences in hb, which can shorten
+    the longest span reported for such text but never invents a match."""
     ob = np.argsort(hb, kind="stable")
     sb = hb[ob]
     lo = np.searchsorted(sb, ha, "left")
-    hi = np.searchsorted(sb, ha, "right")
-    count = hi - lo
+    count = np.where(allowed, np.searchsorted(sb, ha, "right") - lo, 0)
+    total = int(count.sum())
+    if total > MAX_CANDIDATES:
+        count = np.minimum(count, max(1, MAX_CANDIDATES // max(1, int((count > 0).sum()))))
+        total = int(count.sum())
     ia = np.repeat(np.arange(len(ha), dtype=np.int64), count)
-    offset = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(
-        np.cumsum(count) - count, count
-    )
+    offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
     jb = ob[np.repeat(lo, count) + offset].astype(np.int64)
     return ia, jb
 
@@ -506,7 +514,7 @@ def contamination(
     with Bar(quiet or total < 20_000, total, "eval-contamination", unit="documents") as advance:
         for start, chunk in train.samples.chunks(chunk_size):
             texts = [str(t) for t in chunk]  # type: ignore[attr-defined]
-            acc = merge([acc, train_hits(index, texts, start)], keep=limit + 1)
+            acc = merge([acc, train_hits(index, texts, start)], keep=KEEP_DOCS)
             if advance is not None:
                 advance(start + len(texts), total)
     documents, candidates, n_frequent = _decide(index, acc, limit, eval_texts, train)
@@ -525,22 +533,22 @@ def contamination(
     )
 
 
-def _decide(
-    index: EvalIndex, hits: Hits, limit: int, eval_texts: list[str], train: Split
-) -> tuple[tuple[Contaminated, ...], int, int]:
-    usable = evidence(index, frequent(hits, limit))
-    is_boiler = ~usable
-    is_hit = np.isin(index.hashes, hits.keys) & usable
-    # Candidate (evaluation document, training document) pairs, ranked by shared n-grams.
-    rows = np.flatnonzero(is_hit)
-    key_pos = np.searchsorted(hits.pair_keys, index.hashes[rows], "left")
-    key_end = np.searchsorted(hits.pair_keys, index.hashes[rows], "right")
-    count = key_end - key_pos
-    ev = np.repeat(index.docs[rows], count)
-    offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    tr = hits.pair_docs[np.repeat(key_pos, count) + offset]
+def _candidates(index: EvalIndex, hits: Hits, rows: np.ndarray) -> dict[int, list[int]]:
+    """Per evaluation document, the training documents to verify: those sharing the most
+    of its n-grams first, at most MAX_VERIFIED. Rows go in blocks of whole documents, so
+    a heavily contaminated evaluation set does not make one huge pair array."""
     pairs: dict[int, list[int]] = {}
-    if len(ev):
+    docs = index.docs[rows]
+    cuts = np.unique(np.searchsorted(docs, docs[::CANDIDATE_BLOCK], "left"))
+    for block in np.split(rows, cuts[1:]):
+        h = index.hashes[block]
+        first = np.searchsorted(hits.pair_keys, h, "left")
+        count = np.searchsorted(hits.pair_keys, h, "right") - first
+        ev = np.repeat(index.docs[block], count)
+        offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        tr = hits.pair_docs[np.repeat(first, count) + offset]
+        if not len(ev):
+            continue
         width = int(tr.max()) + 1
         both, shared = np.unique(ev * width + tr, return_counts=True)
         e_of, t_of = both // width, both % width
@@ -549,6 +557,16 @@ def _decide(
             listed = pairs.setdefault(e, [])
             if len(listed) < MAX_VERIFIED:
                 listed.append(t)
+    return pairs
+
+
+def _decide(
+    index: EvalIndex, hits: Hits, limit: int, eval_texts: list[str], train: Split
+) -> tuple[tuple[Contaminated, ...], int, int]:
+    usable = evidence(index, frequent(hits, limit))
+    is_boiler = ~usable
+    is_hit = np.isin(index.hashes, hits.keys) & usable
+    pairs = _candidates(index, hits, np.flatnonzero(is_hit))
     # Verify training document by training document, re-reading a batch of them at a time.
     by_train = sorted((t, e) for e, ts in pairs.items() for t in ts)
     wanted = sorted({t for t, _ in by_train})

@@ -283,6 +283,21 @@ def test_a_5mb_training_document(clean: tuple[list[str], list[str]]) -> None:
     assert [(d.eval_doc, d.train_docs, d.coverage) for d in report.documents] == [(e, (0,), 1.0)]
 
 
+def test_repetitive_and_huge_evaluation_documents(clean: tuple[list[str], list[str]]) -> None:
+    train, test = clean
+    the = "the " * 300_000  # every window equal to every other one
+    e = long_enough(test, 30)[0]
+    huge_eval = "\n\n".join(train[:800]) * 30  # a 5 MB evaluation document, not in train
+    assert len(huge_eval) > 5_000_000
+    report = contamination(
+        split("train", [the, *train[800:], test[e]]), split("test", [the, huge_eval, test[e]])
+    )
+    found = {d.eval_doc: d for d in report.documents}
+    assert set(found) == {0, 2}  # "the the ..." is in training too, just once
+    assert found[0].coverage == 1.0 and found[2].train_docs == (len(train) - 800 + 1,)
+    assert found[0].span >= N
+
+
 # --------------------------------------------------------------------------- the CLI and report
 
 

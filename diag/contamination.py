@@ -388,6 +388,12 @@ class Shared:
     eval_span: tuple[int, int]  # [start, end) units of that span in the evaluation document
     train_span: tuple[int, int]
     matched: np.ndarray  # int64, starts of the evaluation n-grams found in the training text
+    possible: int = 0  # evaluation n-grams that could be found (not ignored)
+
+    @property
+    def coverage(self) -> float:
+        """The share of the evaluation document's n-grams found in this training text."""
+        return len(self.matched) / self.possible if self.possible else 0.0
 
 
 NOTHING = Shared(0, (0, 0), (0, 0), np.zeros(0, dtype=np.int64))
@@ -438,7 +444,8 @@ def verify(
     i0 = int(ia[run_start[best]])
     j0 = i0 + int(diag[run_start[best]])
     span = int(run_len[best]) + width - 1
-    return Shared(span, (i0, i0 + span), (j0, j0 + span), np.unique(ia))
+    possible = int(allowed.sum())
+    return Shared(span, (i0, i0 + span), (j0, j0 + span), np.unique(ia), possible)
 
 
 def _equal_pairs(

@@ -32,6 +32,7 @@ from diag.contamination import (
 )
 from diag.loaders.splits.loaders import open_split
 from diag.loaders.splits.model import TEXT, Split
+from diag.reports.contamination import char_span
 from diag.rules.contamination import eval_contamination
 
 N = 13
@@ -239,6 +240,19 @@ def test_chunking_does_not_change_the_result(clean: tuple[list[str], list[str]])
     assert all(
         np.array_equal(x, y) for x, y in zip(vars(a).values(), vars(b).values(), strict=True)
     )
+
+
+def test_verify_spans_and_coverage() -> None:
+    eval_text = "Alpha beta, gamma delta epsilon. Zeta eta theta iota kappa lambda mu nu xi!"
+    train_text = f"Something else first. {eval_text.upper()} And then something else."
+    shared = verify(eval_text, train_text, 5)
+    assert shared.longest == 14 and shared.coverage == 1.0
+    assert shared.eval_span == (0, 14) and shared.train_span == (3, 17)
+    half = verify(eval_text, "zeta eta theta iota kappa lambda mu", 5)
+    assert half.longest == 7 and half.coverage == pytest.approx(3 / 10)
+    lo, hi = char_span(train_text, shared.train_span)
+    assert train_text[lo:hi] == eval_text.upper()
+    assert char_span("Hello, world! Foo-bar baz.", (1, 3)) == (7, 21)  # "world! Foo-bar"
 
 
 def test_hash_collisions_never_make_a_finding(

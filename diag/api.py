@@ -63,8 +63,8 @@ def exit_code(result: Result, fail_on: str) -> int:
 
 def check(options: CheckOptions) -> tuple[Result, Any]:
     """Load the inputs, run the selected rules, return the Result and the Run."""
-    from diag.engine import run_rules
     from diag.data_engines import engine_for
+    from diag.engine import run_rules
     from diag.loaders.checkpoint import open_checkpoint
     from diag.registry import load_rules, select_rules
     from diag.run import Run

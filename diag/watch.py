@@ -218,7 +218,7 @@ def _finish(
 
 
 def _summary(result: Result) -> str:
-    """The text report's own last line (`Found 1 error, 0 warnings, 0 info from 29 rules.`),
+    """The text report's own last line (`Found 1 error, 0 warnings, 0 info from 30 rules.`),
     so the counting and wording live in one place."""
     from diag.reports import render
 

@@ -219,7 +219,7 @@ def test_skipped_rules_are_one_line_grouped_by_the_flag_they_need(tmp_path, runs
     summary = [line for line in lines if "inputs you did not give" in line]
     assert len(summary) == 1, proc.stdout
     counts = dict(re.findall(r"(--[a-z/-]+|CHECKPOINT) (\d+)", summary[0]))
-    assert counts["--logs"] == "5" and counts["--split"] == "6", summary[0]
+    assert counts["--logs"] == "5" and counts["--split"] == "7", summary[0]
     assert counts["--model/--batch"] == "7", summary[0]
     assert not any(line.startswith("SKIPPED") for line in lines)
     verbose = subprocess.run(

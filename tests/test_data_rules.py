@@ -96,6 +96,35 @@ def small_val() -> Arrays:
     )
 
 
+def _texts() -> tuple[list[str], list[str]]:
+    """Standard-library docstrings: 60 for training, 20 for evaluation that share no run of
+    13 words with them (the standard library repeats sentences between siblings: those
+    are left out by a plain set of word windows, independent of the rule's code)."""
+    from test_splits_text_formats import stdlib_docstrings
+
+    def windows(text: str) -> set[tuple[str, ...]]:
+        words = "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+        return {tuple(words[i : i + 13]) for i in range(len(words) - 12)}
+
+    docs = stdlib_docstrings()
+    train = docs[:60]
+    seen = set().union(*map(windows, train))
+    test = [d for d in docs[60:] if not windows(d) & seen][:20]
+    return train, test
+
+
+def clean_texts() -> Arrays:
+    train, test = _texts()
+    return {"train": {"x": np.array(train)}, "test": {"x": np.array(test)}}
+
+
+def quoted_texts() -> Arrays:
+    """A training page that quotes an evaluation document inside its own text."""
+    train, test = _texts()
+    train[7] = f"{train[7]}\n\n{test[3]}\n\n{train[8]}"
+    return {"train": {"x": np.array(train)}, "test": {"x": np.array(test)}}
+
+
 @dataclass
 class Case:
     id: str
@@ -117,6 +146,8 @@ CASES = [
     Case("unseen-label", "split-label-shift", unseen_label, True),
     Case("shifted-classes", "split-label-shift", shifted_classes, True),
     Case("same-classes", "split-label-shift", healthy, False),
+    Case("quoted-in-train", "eval-contamination", quoted_texts, True),
+    Case("disjoint-texts", "eval-contamination", clean_texts, False),
     Case("300-samples", "validation-set-size", small_val, True),
     Case("12000-samples", "validation-set-size", healthy, False),
 ]  # fmt: skip

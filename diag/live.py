@@ -181,9 +181,6 @@ class LiveSession:
         self._train_clock = time.perf_counter()
         self._checks_run = 0
         self.result: Result = Result(())
-        if self.activations_on and self.is_main:
-            self._hooks.append(model.register_forward_pre_hook(self._before_forward))
-            self._hooks.append(model.register_forward_hook(self._after_forward))
 
     # ---------------------------------------------------------------- what training feeds
 
@@ -207,7 +204,14 @@ class LiveSession:
             self.check(step, kinds=("curves",))
         if step % self.every_n_steps == 0:
             self.check(step, kinds=("curves", "params", "gradients", "activations"))
-        self._arm_activations = (step + 1) % self.every_n_steps == 0 and self.activations_on
+        armed = (step + 1) % self.every_n_steps == 0 and self.activations_on
+        if armed and not self._explicit and not self._hooks:
+            # Hooks only around the sampled forward pass: the other steps run unhooked.
+            self._hooks = [
+                self.model.register_forward_pre_hook(self._before_forward),
+                self.model.register_forward_hook(self._after_forward),
+            ]
+        self._arm_activations = armed
 
     def on_eval(self, metrics: Mapping[str, Any], step: int, epoch: float | None = None) -> None:
         for name, value in metrics.items():
@@ -333,9 +337,7 @@ class LiveSession:
             **final,
         }
         self.result = self._result(result)
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+        self._unhook()
         if output is not None and formats:
             self.write(Path(output), formats, run)
         return self.result
@@ -540,6 +542,11 @@ class LiveSession:
 
     # ------------------------------------------------------------ sampled activations
 
+    def _unhook(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
     @property
     def activations_due(self) -> bool:
         """Whether the next training forward pass is the one sampled for the activations."""
@@ -587,6 +594,7 @@ class LiveSession:
             return
         self._recording = None
         self._arm_activations = False
+        self._unhook()
         try:
             self._activations = recording.finish()
         except Exception as exc:
@@ -601,10 +609,9 @@ def _live_specs(select: list[str], ignore: list[str]) -> list[Any]:
 
 def _as_float(value: Any) -> float:
     if hasattr(value, "detach"):
-        value = value.detach()
         if value.numel() != 1:
             raise ValueError(f"a loss must be a single number, got shape {tuple(value.shape)}")
-        return float(value.float().item())
+        return float(value.item())
     return float(value)
 
 

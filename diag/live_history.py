@@ -38,7 +38,10 @@ class GradientHistory:
         with torch.no_grad():
             present = [(n, p.grad) for n, p in params if p.grad is not None]
             values = torch._foreach_norm([g for _, g in present]) if present else []
-            listed = torch.stack([v.to("cpu") for v in values]).tolist() if values else []
+            listed: list[float] = []
+            if values:
+                same = all(v.device == values[0].device for v in values)
+                listed = torch.stack(values if same else [v.to("cpu") for v in values]).tolist()
             norms = dict(zip([n for n, _ in present], listed, strict=True))
         self.steps.append(int(step))
         for name, _ in params:

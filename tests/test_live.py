@@ -203,3 +203,19 @@ def test_diag_check_leaves_the_live_rules_out_unless_they_are_named(tmp_path) ->
         "exploding-gradients",
         "vanishing-gradients",
     }
+
+
+def test_a_monitor_called_after_zero_grad_records_no_gradients_and_blames_nothing() -> None:
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(model, optimizer, every_n_steps=5, echo=lambda line: None)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()  # gradients gone before the monitor sees them
+        monitor.step(loss)
+    result = monitor.close()
+    assert result.errors == () and "no-gradient" not in {f.rule for f in result.findings}
+    assert all(v is None for norms in monitor.session.gradients.norms.values() for v in norms)

@@ -134,7 +134,7 @@ class LiveSession:
         select: list[str] | None = None,
         ignore: list[str] | None = None,
         rule_options: Mapping[str, Mapping[str, Any]] | None = None,
-        budget: float = 0.01,
+        budget: float = 0.005,
         memory_budget: int | None = None,
         echo: Callable[[str], None] | None = None,
         is_main: bool = True,

@@ -6,7 +6,7 @@
 Two real models train on CPU (one thread each, as a data-loader-bound job would leave
 them): the digits CNN of `diag demo` (batch 64, a 1.5 ms step, and batch 256) and a small
 GPT (4 blocks, width 128, byte vocabulary, 16 x 64 tokens) on the standard library's
-docstrings. Each runs in a
+docstrings; and, for memory, an MLP with two 4096 x 4096 layers. Each runs in a
 fresh process twice, without and with the monitor at the default cadence
 (`every_n_steps=100`: the loss every step, gradient norms every 10, the parameter,
 gradient and activation checks every 100), in alternating order, three rounds; the table
@@ -120,7 +120,30 @@ def gpt_job(seed: int = 0) -> tuple[Any, Any, Any]:
     return model, optimizer, (batches(), loss_of)
 
 
-JOBS = {"cnn": cnn_job, "cnn256": lambda: cnn_job(batch=256), "gpt": gpt_job}
+def wide_job(seed: int = 0) -> tuple[Any, Any, Any]:
+    """Two 4096 x 4096 layers (64 MiB each): a model whose largest tensor dwarfs diag's own
+    objects, so the extra peak says whether checking copies more than one tensor."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(256, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                          nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            yield torch.randn(32, 256, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+
+    def loss_of(batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    return model, optimizer, (batches(), loss_of)
+
+
+JOBS = {"cnn": cnn_job, "cnn256": lambda: cnn_job(batch=256), "gpt": gpt_job, "wide": wide_job}
 
 
 def child(job: str, monitored: bool, steps: int, every: int) -> None:
@@ -189,7 +212,7 @@ def main() -> None:
     # as over any real run.
     parser.add_argument("--cnn-steps", type=int, default=4000)
     parser.add_argument("--every", type=int, default=100)
-    parser.add_argument("--models", default="cnn,cnn256,gpt")
+    parser.add_argument("--models", default="cnn,cnn256,gpt,wide")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child")
     parser.add_argument("--monitored", action="store_true")

@@ -23,6 +23,7 @@ since the last one is skipped, and the Result says so.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import sys
 import time
@@ -165,7 +166,7 @@ class LiveSession:
         self._explicit = False  # an adapter brackets the sampled forward pass itself
         self._params: list[tuple[str, Any]] | None = None
         self._hooks: list[Any] = []
-        self.teller = Teller(lambda first, now: now >= first + self.every_n_steps)
+        self.teller = Teller(functools.partial(_interval_later, every_n_steps))
         self.events: list[tuple[int, Finding]] = []  # (step, finding) as each was first told
         self.errors: dict[str, RuleError] = {}
         self.notes: list[str] = []
@@ -199,6 +200,8 @@ class LiveSession:
 
     def on_step(self, step: int, loss: Any = None, epoch: float | None = None) -> None:
         """One optimizer step done: its loss, and the checks that are due."""
+        if self.model is None:
+            return  # finished: nothing more is checked
         self.step_count = step
         if loss is not None:
             self.log_value("train_loss", loss, step, epoch)
@@ -331,6 +334,7 @@ class LiveSession:
         With `output` the reports are written there (`formats`: json, sarif, junit, html).
         """
         if not self.is_main:
+            self._release()
             return self.result
         kinds = ("curves", "params", "gradients", "activations")
         if self._too_big():
@@ -353,7 +357,15 @@ class LiveSession:
         self._unhook()
         if output is not None and formats:
             self.write(Path(output), formats, run)
+        self._release()
         return self.result
+
+    def _release(self) -> None:
+        """Let go of the model once the run is over: a DDP model kept alive here until the
+        interpreter exits outlives its process group, and gloo aborts the process."""
+        self._unhook()
+        self.model = self.optimizer = None
+        self._params = None
 
     def write(self, folder: Path, formats: tuple[str, ...], run: Any = None) -> list[Path]:
         from diag.api import write_atomic
@@ -621,6 +633,11 @@ class LiveSession:
             self._activations = recording.finish()
         except Exception as exc:
             self._error("activation record", exc)
+
+
+def _interval_later(every_n_steps: int, first: int, now: int) -> bool:
+    """A check at step `now` confirms a judgement first made at step `first`."""
+    return now >= first + every_n_steps
 
 
 def _live_specs(select: list[str], ignore: list[str]) -> list[Any]:

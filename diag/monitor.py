@@ -84,6 +84,12 @@ class Monitor:
         if self.world > 1:
             message, findings = _from_main(message, findings)
         self.close()
+        if self.world > 1:
+            # Every rank is here at this step: leave together, so no rank tears its process
+            # group down while rank 0 still writes the reports (gloo aborted the other one).
+            import torch.distributed as dist
+
+            dist.barrier()
         raise TrainingStopped(message or f"diag: stopping at step {self._step}", findings)
 
     def eval(

@@ -20,6 +20,7 @@ from diag.gradients import (
     KINK_RETRIES,
     KINK_RTOL,
     MISMATCH_RTOL,
+    SETTLED_RTOL,
     batch_mixing,
     check_gradients,
     gradient_report,
@@ -40,9 +41,11 @@ from diag.probe import Probe
 HEALTHY_BOUND = 2 * KINK_RTOL
 # "partial" zeroes half of fc1's input gradient: upstream tensors keep the other half, so a
 # probe sees only part of the error (0.034 at worst, 3.4x the threshold); the rest lose a
-# factor 2 or more.
+# factor 2 or more. A probe clear of kinks and past SETTLED_RTOL settles the verdict, and its
+# reading is the one reported: the transposed gradient read 0.21 on its first probe under
+# the default kernels (its worst of four was above 0.25).
 FAULT_BOUND = {"partial": 2 * MISMATCH_RTOL}
-FAULT_BOUND_DEFAULT = 0.25
+FAULT_BOUND_DEFAULT = SETTLED_RTOL
 
 UPSTREAM = {  # everything before fc1: what a wrong gradient on fc1's input corrupts
     f"{layer}.{kind}" for layer in ("conv1", "bn1", "conv2", "bn2") for kind in ("weight", "bias")

@@ -13,11 +13,14 @@ mid-write is never read as a shorter number.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -79,28 +82,56 @@ def watch(
     last_seen: Signature | None = None
     last_change = clock()
     why = "stopped (Ctrl-C)"
+    asked: list[str] = []
     try:
-        while True:
-            seen = snapshot(watched)
-            if seen != last_seen:
-                last_seen, last_change = seen, clock()
-                _check_and_print(state, check_options, root, options, out, err)
-                failing = state.result is not None and exit_code(
-                    state.result, check_options.fail_on
-                )
-                if options.exit_on_finding and failing:
-                    why = f"stopped at the first finding at or above {check_options.fail_on}"
+        with _signals_end_the_watch(asked):
+            while not asked:
+                seen = snapshot(watched)
+                if seen != last_seen:
+                    last_seen, last_change = seen, clock()
+                    _check_and_print(state, check_options, root, options, out, err)
+                    failing = state.result is not None and exit_code(
+                        state.result, check_options.fail_on
+                    )
+                    if options.exit_on_finding and failing:
+                        why = f"stopped at the first finding at or above {check_options.fail_on}"
+                        break
+                elif options.until_idle is not None and clock() - last_change >= options.until_idle:
+                    why = f"no change for {_seconds(options.until_idle)}: the run has ended"
+                    if state.held_back:
+                        # The writer is gone: a last line without its newline is the last row.
+                        _check_and_print(state, check_options, root, options, out, err, final=True)
                     break
-            elif options.until_idle is not None and clock() - last_change >= options.until_idle:
-                why = f"no change for {_seconds(options.until_idle)}: the run has ended"
-                if state.held_back:
-                    # The writer is gone: a last line without its newline is the last row.
-                    _check_and_print(state, check_options, root, options, out, err, final=True)
-                break
-            sleep(options.interval)
+                sleep(options.interval)
     except KeyboardInterrupt:
         pass
+    if asked:
+        why = f"stopped ({asked[0]})"
     return _finish(state, check_options, root, why, out, err)
+
+
+@contextlib.contextmanager
+def _signals_end_the_watch(asked: list[str]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the watch after the step under way, never inside it.
+
+    Raised asynchronously, a KeyboardInterrupt can land in a finaliser (a memory map being
+    closed), where Python prints it and carries on, and the watch never ends. A watch
+    started in the background of a non-interactive shell also inherits an ignored SIGINT.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def note(signum: int, frame: Any) -> None:
+        asked.append(names.get(signum, "a signal"))
+
+    previous = {sig: signal.signal(sig, note) for sig in names}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def snapshot(paths: Iterable[Path]) -> Signature:

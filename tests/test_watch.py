@@ -102,7 +102,10 @@ def _rest(lines: queue.Queue) -> list[str]:
     return out
 
 
-def test_reports_the_fault_while_the_run_is_still_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_reports_the_fault_while_the_run_is_still_written(tmp_path: Path, sig: int) -> None:
+    """Either signal ends the watch with its summary, after the poll under way: a Ctrl-C
+    raised inside a finaliser used to be printed and swallowed, and the watch ran on."""
     writer = _start_writer(tmp_path, nan_at=15, rows=10_000, delay=0.1)
     watcher, lines = _start_watch(tmp_path)
     try:
@@ -113,7 +116,7 @@ def test_reports_the_fault_while_the_run_is_still_written(tmp_path: Path) -> Non
         time.sleep(0.6)  # more NaN rows arrive and change the message: not printed again
         (tmp_path / "stop").touch()
         writer.wait(timeout=10)
-        watcher.send_signal(signal.SIGINT)
+        watcher.send_signal(sig)
         assert watcher.wait(timeout=20) == 1
         after = _rest(lines)
         stderr = watcher.stderr.read() if watcher.stderr else ""
@@ -125,6 +128,10 @@ def test_reports_the_fault_while_the_run_is_still_written(tmp_path: Path) -> Non
     assert sum("loss-nonfinite" in x for x in printed) == 1
     assert printed[-1].startswith("Found 1 error")
     assert stderr.splitlines()[0] == "watching run (poll 0.2s, Ctrl-C to stop)"
+    assert (
+        stderr.splitlines()[-1]
+        == f"diag: stopped ({'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'})"
+    )
     assert "Traceback" not in stderr
 
 

@@ -23,22 +23,20 @@ stops at the same step (`strategy.reduce_boolean_decision`, once per step).
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from diag.integrations import echo_and_log
 from diag.live import LiveSession
 from diag.model import Result
 from diag.monitor import DEFAULT_FORMATS, settle, vote
 
-logger = logging.getLogger("diag")
 # Names Lightning users give validation metrics: val_loss, val/acc, valid_f1, eval_loss.
 VALIDATION = re.compile(r"(^|[_/.\-])(val|valid|validation|eval)([_/.\-]|$)", re.IGNORECASE)
 
@@ -83,7 +81,7 @@ class DiagCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         options = dict(self.options)
-        options["echo"] = _echo(options.get("echo"))
+        options["echo"] = echo_and_log(options.get("echo"))
         optimizers = trainer.optimizers
         self.session = LiveSession(
             pl_module,
@@ -225,17 +223,6 @@ class _Optimizers:
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
-
-def _echo(user: Callable[[str], None] | None) -> Callable[[str], None]:
-    """Each line to the user's echo (default: stderr) and to the "diag" logger."""
-    write = user or (lambda line: print(line, file=sys.stderr, flush=True))
-
-    def echo(line: str) -> None:
-        write(line)
-        logger.info(line)  # INFO: Python's last-resort handler would print it twice
-
-    return echo
 
 
 def _loss_of(outputs: Any) -> Any:

@@ -27,20 +27,18 @@ What runs when:
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from diag.integrations import echo_and_log
 from diag.live import LiveSession
 from diag.model import Result
 from diag.monitor import DEFAULT_FORMATS, agree_to_stop
 
-logger = logging.getLogger("diag")
 # What `evaluate` adds beside the metrics: timings and the epoch, not curves of the model.
 NOT_METRICS = ("_runtime", "_per_second", "epoch")
 
@@ -91,7 +89,7 @@ class DiagCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         options = dict(self.options)
-        options["echo"] = _echo(options.get("echo"))
+        options["echo"] = echo_and_log(options.get("echo"))
         self._world = _world_size()
         self.session = LiveSession(
             model,
@@ -208,14 +206,3 @@ def _world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _echo(user: Callable[[str], None] | None) -> Callable[[str], None]:
-    """Each line to the user's echo (default: stderr) and to the "diag" logger."""
-    write = user or (lambda line: print(line, file=sys.stderr, flush=True))
-
-    def echo(line: str) -> None:
-        write(line)
-        logger.info(line)  # INFO: Python's last-resort handler would print it twice
-
-    return echo

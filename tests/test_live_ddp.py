@@ -247,6 +247,15 @@ def hf_rank(rank: int, world: int, port: int, folder: str) -> None:
         "findings": sorted({f.rule for f in callback.result.findings}),
     }
     Path(folder, f"rank{rank}.json").write_text(json.dumps(seen))
+    # The Trainer leaves its process group open; one torn down at interpreter exit, with
+    # the model still alive, can abort gloo ("terminate called without an active
+    # exception"). A script that ends a DDP run ends it so.
+    import torch.distributed as dist
+
+    del trainer, model, callback
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(argv: list[str]) -> None:

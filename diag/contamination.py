@@ -31,7 +31,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -513,9 +513,8 @@ def contamination(
     from diag.progress import Progress as Bar
 
     n = n or default_n(mode)
-    eval_texts = [str(t) for _, chunk in evaluation.samples.chunks(chunk_size) for t in chunk]  # type: ignore[attr-defined]
+    eval_texts = split_texts(evaluation, chunk_size)
     index = eval_index(eval_texts, n, mode, min_units=min_units)
-    limit = doc_frequency_limit(len(train), max_doc_count, max_doc_fraction)
     total = len(train)
     acc = Hits.empty()
     with Bar(quiet or total < 20_000, total, "eval-contamination", unit="documents") as advance:
@@ -524,19 +523,39 @@ def contamination(
             acc = merge([acc, train_hits(index, texts, start)], keep=KEEP_DOCS)
             if advance is not None:
                 advance(start + len(texts), total)
-    documents, candidates, n_frequent = _decide(index, acc, limit, eval_texts, train)
+    limit = doc_frequency_limit(total, max_doc_count, max_doc_fraction)
+    return conclude(train, evaluation, index, eval_texts, acc, limit)
+
+
+def split_texts(split: Split, chunk_size: int = 2048) -> list[str]:
+    """Every document of a (small, evaluation) split, in order."""
+    return [str(t) for _, chunk in split.samples.chunks(chunk_size) for t in chunk]  # type: ignore[attr-defined]
+
+
+def conclude(
+    train: Split,
+    evaluation: Split,
+    index: EvalIndex,
+    eval_texts: list[str],
+    hits: Hits,
+    limit: int,
+) -> ContaminationReport:
+    """Stages 4-5 and the report, from the hits of the whole training split merged with
+    `keep=KEEP_DOCS` (however the training split was scanned): verification re-reads
+    only the candidate training documents, through `train.samples.take`."""
+    documents, candidates, n_frequent = _decide(index, hits, limit, eval_texts, train)
     return ContaminationReport(
         train.name,
         evaluation.name,
-        n,
-        mode,
+        index.n,
+        index.mode,
         len(eval_texts),
-        total,
+        len(train),
         limit,
         n_frequent,
         candidates,
         documents,
-        acc.nbytes,
+        hits.nbytes,
     )
 
 
@@ -610,6 +629,9 @@ class ContaminationCheck:
 
     splits: dict[str, Split]
     quiet: bool = True
+    # Where the training split is scanned: None is this process; else an object with a
+    # `contamination(train, evaluation, **options)` like the function above (RayEngine).
+    engine: Any = None
     _done: dict[tuple, list[ContaminationReport]] = field(default_factory=dict, repr=False)
 
     def reports(self, **options: object) -> list[ContaminationReport]:
@@ -621,8 +643,9 @@ class ContaminationCheck:
         if key not in self._done:
             train = train_split(self.splits)
             base = self.splits[train]
+            scan = contamination if self.engine is None else self.engine.contamination
             self._done[key] = [
-                contamination(base, split, quiet=self.quiet, **options)  # type: ignore[arg-type]
+                scan(base, split, quiet=self.quiet, **options)
                 for name, split in self.splits.items()
                 if name != train and split.kind == TEXT == base.kind and len(split)
             ]

@@ -14,6 +14,22 @@ runs the same functions on a Ray cluster: each worker opens the split from its p
 digests its own shard (stage 1-2), a task per pair of splits joins and verifies them
 (3-4) from the shards' signatures, which stay in the cluster's object store; only the
 pairs come back. The same functions on the same signatures: the same findings.
+
+eval-contamination (diag.contamination) runs on Ray Data: the evaluation index is built
+on the driver and put in the object store once; the training split's shards (Parquet row
+groups, JSON Lines byte ranges, else sample ranges of diag's loader; diag.ray_data) are
+read by the workers straight from their paths or URLs, `map_batches` turns each into its
+hits, and only the hits come back, merged on the driver; verification re-reads only the
+candidate documents, in the workers. Splits may be URLs (`s3://`, `gs://`, `file://`, any
+fsspec protocol) and globs of Parquet or JSON Lines files (`load_splits`).
+
+What scales and what does not: reading and digesting (stages 1-2) and the contamination
+scan spread over the workers, and the driver holds only counts, labels and the merged
+hits. The leakage digests stay in tasks rather than Ray Data because Ray Data hands a
+dataset's rows back through the driver, and the signatures must stay in the object store
+for the join. The join itself (3-4) is one task per pair of splits: that task holds both
+splits' signatures (tens of bytes per sample), so a pair is bounded by one worker's
+memory; a join partitioned by signature key across workers is not built yet.
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diag.errors import UsageError
+from diag.errors import InputError, UsageError
 
 # Samples per shard a Ray worker reads and digests: large enough that opening the split
 # in the worker is amortised, small enough to spread a split over the workers.
@@ -105,23 +121,147 @@ class RayEngine:
         inside = {name: ray.get(ref) for name, ref in groups.items()}
         return LeakageReport(dict(splits), comparisons, inside)
 
+    def contamination(
+        self,
+        train: Any,
+        evaluation: Any,
+        *,
+        n: int | None = None,
+        mode: str = "tokens",
+        max_doc_count: int | None = None,
+        max_doc_fraction: float | None = None,
+        min_units: int | None = None,
+        chunk_size: int = 2048,
+        quiet: bool = True,
+    ) -> Any:
+        """eval-contamination's stages with the training split scanned on Ray Data: the
+        same report as `diag.contamination.contamination` (see diag.ray_data)."""
+        from dataclasses import replace
+
+        from diag import contamination as dc
+        from diag import ray_data
+        from diag.progress import Progress
+
+        _ray(self.address)
+        eval_texts = dc.split_texts(evaluation, chunk_size)
+        index = dc.eval_index(eval_texts, n or dc.default_n(mode), mode, min_units=min_units)
+        shards = text_shards(self.specs[train.name], train)
+        total = len(train)
+        with Progress(
+            quiet or total < 20_000, total, "eval-contamination", unit="documents"
+        ) as bar:
+            seen = [0]
+
+            def advance(count: int) -> None:
+                seen[0] += count
+                if bar is not None:
+                    bar(seen[0], total)
+
+            parts = ray_data.run_stage(shards, _shard_hits, index, advance)
+        counts = [count for count, _ in parts]
+        samples = ray_data.ShardSamples(shards, counts)
+        if len(samples) != total:
+            raise InputError(train.source, "the split changed while it was being read")
+        # Shard-local ids plus the records before the shard: the split's own ids.
+        hits = [
+            dc.Hits(h.keys, h.counts, h.pair_keys, h.pair_docs + first)
+            for first, (_, h) in zip(samples.first_ids().tolist(), parts, strict=True)
+        ]
+        merged = dc.merge(hits, keep=dc.KEEP_DOCS)
+        limit = dc.doc_frequency_limit(
+            total,
+            dc.MAX_DOC_COUNT if max_doc_count is None else max_doc_count,
+            dc.MAX_DOC_FRACTION if max_doc_fraction is None else max_doc_fraction,
+        )
+        # Verification re-reads the candidates from their shards, in the workers; a split
+        # read by diag's own loader is re-read by the driver's copy of it, as in process.
+        reread = (
+            train if shards and shards[0].fmt == ray_data.SPLIT else replace(train, samples=samples)
+        )
+        return dc.conclude(reread, evaluation, index, eval_texts, merged, limit)
+
 
 def engine_for(
     name: str, splits: Mapping[str, str], label_column: str | None, group_column: str | None,
     address: str | None = None,
 ) -> LocalEngine | RayEngine:  # fmt: skip
     """The engine `--engine NAME` names, for the splits `--split` gave."""
+    from diag import ray_data
+
     if name == "local":
         if address:
             raise UsageError("--engine-address needs --engine ray")
+        ray_data.needs_ray(list(splits.values()))
         return LocalEngine()
     if name != "ray":
         raise UsageError(f"--engine {name!r}: choose local or ray")
-    specs = {
-        n: SplitSpec(n, str(Path(p).resolve()), label_column, group_column, _stamp(Path(p)))
-        for n, p in splits.items()
-    }
+    specs = {}
+    for n, p in splits.items():
+        if ray_data.is_url(p):
+            ray_data.resolve(p)  # a missing object or bucket is named now, in one line
+            specs[n] = SplitSpec(n, p, label_column, group_column)
+        else:
+            specs[n] = SplitSpec(
+                n, str(Path(p).resolve()), label_column, group_column, _stamp(Path(p))
+            )
     return RayEngine(specs, address, SHARD_SAMPLES)
+
+
+def load_splits(
+    paths: Mapping[str, str],
+    label_column: str | None,
+    group_column: str | None,
+    engine: LocalEngine | RayEngine,
+) -> dict[str, Any]:
+    """The splits `--split` names, opened on the driver. With Ray, a URL or a glob of
+    Parquet or JSON Lines files is opened without reading its records here (the workers
+    count and scan them, see diag.ray_data.open_remote); everything else as in process."""
+    from diag import ray_data
+    from diag.loaders.splits.loaders import open_split
+
+    out = {}
+    for name, path in paths.items():
+        if isinstance(engine, RayEngine) and (ray_data.is_url(path) or _glob_of_files(path)):
+            _ray(engine.address)
+            out[name] = ray_data.open_remote(
+                name, engine.specs[name].path, label_column, group_column
+            )
+        else:
+            out[name] = open_split(
+                name, Path(path), label_column=label_column, group_column=group_column
+            )
+    return out
+
+
+def _glob_of_files(path: str) -> bool:
+    """A local glob over Parquet or JSON Lines files (other globs are WebDataset shards)."""
+    from diag import ray_data
+
+    return ray_data.is_glob(path) and ray_data.file_format([path]) is not None
+
+
+def text_shards(spec: SplitSpec, split: Any) -> list[Any]:
+    """The shards a worker reads a text split by: natively for Parquet and JSON Lines
+    files (one file, a glob, or a URL), else with diag's loader by sample ranges."""
+    from diag import ray_data
+    from diag.loaders.splits.model import TEXT
+
+    native = ray_data.is_url(spec.path) or ray_data.is_glob(spec.path) or Path(spec.path).is_file()
+    locations = ray_data.resolve(spec.path) if native else []
+    fmt = ray_data.file_format(locations)
+    if fmt is None or split.kind != TEXT or len(split.columns) != 1:
+        return ray_data.plan([], None, "", spec, len(split))
+    return ray_data.plan(locations, fmt, split.columns[0], spec, len(split))
+
+
+def _shard_hits(index: Any, chunks: Any) -> Any:
+    """eval-contamination's stages 2-3 on one shard, in a worker: its hits, merged."""
+    from diag.contamination import KEEP_DOCS, Hits, merge, train_hits
+
+    acc = Hits.empty()
+    for first, texts in chunks:
+        acc = merge([acc, train_hits(index, texts, first)], keep=KEEP_DOCS)
+    return acc
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -150,8 +290,14 @@ def _ray(address: str | None) -> Any:
 @functools.lru_cache(maxsize=8)
 def _open(spec: SplitSpec) -> Any:
     """A worker opens each split once, however many of its shards it digests."""
+    from diag import ray_data
     from diag.loaders.splits.loaders import open_split
 
+    if ray_data.is_url(spec.path) or _glob_of_files(spec.path):
+        # Already in a worker: the split is counted here, not by more tasks.
+        return ray_data.open_remote(
+            spec.name, spec.path, spec.label_column, spec.group_column, parallel=False
+        )
     return open_split(
         spec.name, Path(spec.path), label_column=spec.label_column, group_column=spec.group_column
     )

@@ -109,7 +109,11 @@ class Run:
         if self._contamination is None and self.splits:
             from diag.contamination import ContaminationCheck
 
-            self._contamination = ContaminationCheck(self.splits, quiet=self.quiet)
+            # The same engine as the leakage stages: the training split is scanned where
+            # the splits are read (None: in this process).
+            self._contamination = ContaminationCheck(
+                self.splits, quiet=self.quiet, engine=self.engine
+            )
         return self._contamination
 
     @property

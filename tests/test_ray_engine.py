@@ -5,7 +5,10 @@ opening the splits from their paths and digesting its own shards). Shards are cu
 (SHARD_SAMPLES) so every split is read as many shards, spread over both workers. Compared:
 every finding's rule, location, message and evidence, on the data-rule cases of
 tests/test_data_rules.py, the planted and clean digits of tests/test_data_calibration.py
-in npz, CSV and image folders, and planted text copies in JSON Lines and Parquet.
+in npz, CSV and image folders, planted text copies in JSON Lines and Parquet, and
+eval-contamination's planted (whole, embedded, lightly paraphrased) and clean splits of
+tests/test_contamination.py, whose training split Ray Data reads in shards of a few
+hundred documents (diag.ray_data: Parquet row groups, JSON Lines byte ranges).
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import numpy as np
 import pytest
 import ray
 from click.testing import CliRunner
+from test_contamination import _write as write_text
+from test_contamination import clean_split, long_enough, paraphrase
 from test_data_calibration import WRITERS, make_splits
 from test_data_rules import CASES, _write
 from test_splits_text_formats import leaky as leaky_text
 from test_splits_text_formats import stdlib_docstrings, write_jsonl
 
 import diag.data_engines as engines
+import diag.ray_data as ray_data
 from diag.api import CheckOptions, check
 from diag.cli import cli
 from diag.errors import UsageError
@@ -32,6 +38,8 @@ from diag.errors import UsageError
 def cluster(monkeypatch_module):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     monkeypatch_module.setattr(engines, "SHARD_SAMPLES", 97)
+    monkeypatch_module.setattr(ray_data, "SHARD_ROWS", 300)  # Parquet row groups are 500
+    monkeypatch_module.setattr(ray_data, "SHARD_BYTES", 40_000)  # 10 shards of the JSONL
     yield
     ray.shutdown()
 
@@ -128,3 +136,65 @@ def test_shards_cover_every_sample_once(tmp_path) -> None:
     whole = digest_split(split)
     assert np.array_equal(assemble(split, parts).hashes, whole.hashes)
     assert np.array_equal(assemble(split, parts).records, whole.records)
+
+
+@pytest.fixture(scope="module")
+def clean() -> tuple[list[str], list[str]]:
+    from lm_support import docstring_texts
+
+    return clean_split(docstring_texts(10**8))
+
+
+def planted(clean: tuple[list[str], list[str]]) -> tuple[list[str], list[str], list[int]]:
+    """The clean pair with test documents planted whole, embedded and lightly paraphrased."""
+    train, test = list(clean[0]), list(clean[1])
+    big = long_enough(test, 40)
+    train.append(test[big[0]])
+    train[10] = f"{train[10]}\n\n{test[big[1]]}\n\n{train[11]}"
+    train.insert(700, paraphrase(test[big[2]], 15))  # inside a shard, not at its start
+    return train, test, big[:3]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_contamination_on_ray_data_gives_the_same_findings(clean, tmp_path, suffix) -> None:
+    train, test, big = planted(clean)
+    paths = {
+        n: write_text(tmp_path / f"{n}{suffix}", t) for n, t in (("train", train), ("test", test))
+    }
+    found = [f for f in same_everywhere(paths) if f["rule"] == "eval-contamination"]
+    assert len(found) == 1 and {d["eval"] for d in found[0]["documents"]} == set(big)
+    assert {tuple(d["train"]) for d in found[0]["documents"]} == {(len(train) - 1,), (10,), (700,)}
+    paths = {
+        n: write_text(tmp_path / f"clean_{n}{suffix}", t)
+        for n, t in zip(("train", "test"), clean, strict=True)
+    }
+    assert not [f for f in same_everywhere(paths) if f["rule"] == "eval-contamination"]
+
+
+def test_jsonl_byte_shards_cover_every_record_once(tmp_path) -> None:
+    """Records are cut by the byte their line starts at: blank lines, a byte order mark and
+    a shard boundary inside a record or on a newline change nothing."""
+    from diag.loaders.splits.loaders import open_split
+
+    texts = [f"document {k} " + "word " * (k % 17) for k in range(300)]
+    lines = [
+        json.dumps({"text": t}) + ("\n\n" if k % 7 == 0 else "\n") for k, t in enumerate(texts)
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(lines).encode())
+    whole = [t for _, chunk in open_split("train", path).samples.chunks(50) for t in chunk]
+    size = path.stat().st_size
+    for step in (1, 37, len(lines[1]), 4096, size):
+        shards = [
+            ray_data.Shard(ray_data.JSONL, str(path), lo, min(lo + step, size), "text")
+            for lo in range(0, size, step)
+        ]
+        assert [t for s in shards for chunk in ray_data.shard_texts(s, 64) for t in chunk] == whole
+    samples = ray_data.ShardSamples(shards, [len(texts)], parallel=False)
+    assert samples.take([299, 0, 150]) == [whole[299], whole[0], whole[150]]
+
+
+def test_a_url_in_process_is_a_one_line_error(tmp_path) -> None:
+    paths = {"train": "s3://bucket/train.parquet", "test": str(tmp_path / "t.parquet")}
+    with pytest.raises(UsageError, match=r"s3://bucket/train.parquet: .* needs --engine ray"):
+        engines.engine_for("local", paths, None, None)

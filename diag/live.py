@@ -156,6 +156,7 @@ class LiveSession:
         self._specs = _live_specs(select or [], ignore or [])
         self._options = {k: dict(v) for k, v in (rule_options or {}).items()}
         self.series: dict[str, _Series] = {}
+        self._loss_series: _Series | None = None
         self.gradients = GradientHistory(LIVE_SOURCE)
         self._samples: dict[str, Sample] = {}
         self._first: dict[str, Sample] = {}
@@ -203,11 +204,19 @@ class LiveSession:
         if self.model is None:
             return  # finished: nothing more is checked
         self.step_count = step
+        value = math.nan
         if loss is not None:
-            self.log_value("train_loss", loss, step, epoch)
+            # Inlined log_value: on a 1.5 ms step this path is a third of the monitor's cost.
+            series = self._loss_series
+            if series is None:
+                series = self._loss_series = self.series.setdefault("train_loss", _Series())
+            value = _as_float(loss)
+            series.steps.append(step)
+            series.values.append(value)
+            series.epochs.append(math.nan if epoch is None else float(epoch))
         if not self.is_main:
             return
-        nonfinite = loss is not None and not math.isfinite(self.series["train_loss"].values[-1])
+        nonfinite = loss is not None and not math.isfinite(value)
         if step % self.grad_every == 0 and self._last_grad_step != step and self._records_fit():
             self.record_gradients(step)
         if nonfinite:
@@ -647,10 +656,12 @@ def _live_specs(select: list[str], ignore: list[str]) -> list[Any]:
 
 
 def _as_float(value: Any) -> float:
+    if type(value) is float:
+        return value
     if hasattr(value, "detach"):
         if value.numel() != 1:
             raise ValueError(f"a loss must be a single number, got shape {tuple(value.shape)}")
-        return float(value.item())
+        return value.item()
     return float(value)
 
 

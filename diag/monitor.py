@@ -77,6 +77,8 @@ class Monitor:
         """One optimizer step done. Raises TrainingStopped when the run should stop."""
         self._step = self._step + 1 if step is None else int(step)
         self.session.on_step(self._step, loss, epoch)
+        if self.world == 1 and self.session.stop is None:
+            return  # the common case, without the vote's calls
         if not agree_to_stop(self.session, self._step, self.world):
             return
         stop = self.session.stop

@@ -307,10 +307,12 @@ def _digest_shard(spec: SplitSpec, start: int, stop: int) -> Any:
     """Stages 1-2 for samples start..stop-1: read them, return their signatures."""
     from diag.leakage import digest_chunk, merge_parts
     from diag.loaders.splits.common import read_range
+    from diag.ray_data import carried
 
-    split = _open(spec)
-    chunks = read_range(split.samples, start, stop, CHUNK)
-    return merge_parts([digest_chunk(split.kind, chunk, True) for _, chunk in chunks])
+    with carried():
+        split = _open(spec)
+        chunks = read_range(split.samples, start, stop, CHUNK)
+        return merge_parts([digest_chunk(split.kind, chunk, True) for _, chunk in chunks])
 
 
 def _digest(spec: SplitSpec, refs: list[Any]) -> Any:

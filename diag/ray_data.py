@@ -31,6 +31,7 @@ import logging
 import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -331,13 +332,34 @@ def run_stage(
     return [out[i] for i in range(len(shards))]
 
 
+class WorkerInputError(InputError):
+    """An InputError raised in a worker. InputError's two arguments do not survive the trip
+    back to the driver (an exception is rebuilt from its message alone), this one's do."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WorkerInputError, (self.path, self.cause))
+
+
+@contextmanager
+def carried() -> Iterator[None]:
+    """Around work done in a worker: its input errors reach the driver as one line."""
+    try:
+        yield
+    except WorkerInputError:
+        raise
+    except InputError as exc:
+        raise WorkerInputError(exc.path, exc.cause) from None
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The DiagError a worker raised (a one-line error for the CLI), else `exc` itself."""
     from diag.errors import DiagError
 
     seen = exc
     while seen is not None:
-        for candidate in (seen, getattr(seen, "cause", None)):
+        # Ray's wrapper of a worker's error is an instance of the error's class too, with
+        # the whole remote traceback as its text: the original is its `cause`.
+        for candidate in (getattr(seen, "cause", None), seen):
             if isinstance(candidate, DiagError):
                 return candidate
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
@@ -349,7 +371,8 @@ def _shard_batch(batch: dict[str, np.ndarray], shared: list[Any]) -> dict[str, n
     shards, state = _cached(shards_ref), _cached(state_ref)
     index = int(batch["shard"][0])
     counted = _Counted(shard_texts(shards[index]))
-    result = stage(state, iter(counted))
+    with carried():
+        result = stage(state, iter(counted))
     return {
         "shard": np.array([index]),
         "records": np.array([counted.total]),
@@ -453,13 +476,14 @@ class ShardSamples:
 
 def _take_from_shard(shard: Shard, local: list[int]) -> dict[int, str]:
     wanted, found, at = set(local), {}, 0
-    for texts in shard_texts(shard):
-        for text in texts:
-            if at in wanted:
-                found[at] = text
-            at += 1
-        if len(found) == len(wanted):
-            break
+    with carried():
+        for texts in shard_texts(shard):
+            for text in texts:
+                if at in wanted:
+                    found[at] = text
+                at += 1
+            if len(found) == len(wanted):
+                break
     return found
 
 
@@ -558,15 +582,16 @@ def _scan_shard(
 
     lines: list[int] = []
     labels, groups = [], []
-    for offset, record in _jsonl_records(shard, lines):
-        try:
-            record_text(record, shard.field)  # a record without its text fails here too
-        except RecordError as exc:
-            raise InputError(shard.location, f"record at byte {offset}: {exc}") from None
-        if label is not None:
-            labels.append(_cell(record.get(label)))
-        if group is not None:
-            groups.append(_cell(record.get(group)))
+    with carried():
+        for offset, record in _jsonl_records(shard, lines):
+            try:
+                record_text(record, shard.field)  # a record without its text fails here too
+            except RecordError as exc:
+                raise InputError(shard.location, f"record at byte {offset}: {exc}") from None
+            if label is not None:
+                labels.append(_cell(record.get(label)))
+            if group is not None:
+                groups.append(_cell(record.get(group)))
     return lines[:-1], labels, groups, lines[-1]
 
 

@@ -159,3 +159,17 @@ def test_a_url_needs_the_ray_engine(tmp_path) -> None:
     result = CliRunner().invoke(cli, [*args, "--isolated", "-q"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "needs --engine ray" in result.output and json.dumps(url)[1:-1] in result.output
+
+
+def test_a_corrupt_record_read_by_a_worker_is_a_one_line_error(texts, tmp_path) -> None:
+    train, test = texts["clean"]
+    bad = tmp_path / "train.jsonl"
+    write_text(bad, train)
+    bad.write_bytes(bad.read_bytes() + b'{"text": "cut off\n')
+    url = upload(bad, "corrupt/train.jsonl")
+    test_path = write_text(tmp_path / "test.jsonl", test)
+    args = ["check", "--engine", "ray", "--split", f"train={url}", "--split", f"test={test_path}"]
+    result = CliRunner().invoke(cli, [*args, "--isolated", "-q"])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"diag: error: {url}: record at byte ")

@@ -63,7 +63,7 @@ def exit_code(result: Result, fail_on: str) -> int:
 
 def check(options: CheckOptions) -> tuple[Result, Any]:
     """Load the inputs, run the selected rules, return the Result and the Run."""
-    from diag.data_engines import engine_for
+    from diag.data_engines import engine_for, load_splits
     from diag.engine import run_rules
     from diag.loaders.checkpoint import open_checkpoint
     from diag.registry import load_rules, select_rules
@@ -114,7 +114,7 @@ def check(options: CheckOptions) -> tuple[Result, Any]:
         options.engine_address,
     )
     if options.splits:
-        run.splits = load_splits(options.splits, options.label_column, options.group_column)
+        run.splits = load_splits(options.splits, options.label_column, options.group_column, engine)
         run.engine = None if engine.name == "local" else engine
     run.quiet = options.quiet
     if options.model and options.batch:
@@ -327,17 +327,6 @@ def load_logs(paths: list[str], train_metric: str | None, val_metric: str | None
     for log_run, _ in refused:  # the named series is in other runs: infer this one's roles
         logs.append(training_log(log_run))
     return logs
-
-
-def load_splits(
-    paths: dict[str, str], label_column: str | None, group_column: str | None
-) -> dict[str, Any]:
-    from diag.loaders.splits.loaders import open_split
-
-    return {
-        name: open_split(name, Path(path), label_column=label_column, group_column=group_column)
-        for name, path in paths.items()
-    }
 
 
 def run_check(options: CheckOptions, echo: Callable[..., Any] = print) -> int:

@@ -22,8 +22,6 @@ from click.testing import CliRunner
 from test_contamination import _write as write_text
 from test_contamination import clean_split, long_enough, paraphrase
 
-import diag.api as api
-import diag.data_engines as engines
 import diag.ray_data as ray_data
 from diag.api import CheckOptions, check
 from diag.cli import cli
@@ -58,15 +56,6 @@ def s3(patch):
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     patch.setattr(ray_data, "SHARD_ROWS", 300)
     patch.setattr(ray_data, "SHARD_BYTES", 60_000)
-    # Until diag.api opens the splits through the engine (diag.data_engines.load_splits),
-    # the check is routed there here, so a URL reaches the engine as the CLI will pass it.
-    patch.setattr(
-        api,
-        "load_splits",
-        lambda paths, label, group: engines.load_splits(
-            paths, label, group, engines.engine_for("ray", paths, label, group)
-        ),
-    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
@@ -140,6 +129,19 @@ def test_a_glob_of_files_is_one_split_in_file_order(texts, tmp_path, suffix) -> 
     message = next(f["message"] for f in by_glob if f["rule"] == "eval-contamination")
     # Training document 10 (the embedded copy) is the 11th record of the first file.
     assert f"with train train-0{suffix} {'line' if suffix == '.jsonl' else 'row'} 11 " in message
+
+
+def test_the_cli_reads_an_s3_glob_and_finds_the_contamination(texts, tmp_path) -> None:
+    train, test = texts["planted"]
+    for k, part in enumerate((train[:900], train[900:])):
+        upload(write_text(tmp_path / f"train-{k}.parquet", part), f"cli/train-{k}.parquet")
+    test_url = upload(write_text(tmp_path / "test.jsonl", test), "cli/test.jsonl")
+    args = ["check", "--split", f"train=s3://{BUCKET}/cli/train-*.parquet"]
+    args += ["--split", f"test={test_url}", "--engine", "ray", "--select", "data"]
+    result = CliRunner().invoke(cli, [*args, "--isolated", "-q", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    rules = {f["rule"] for f in json.loads(result.output)["findings"]}
+    assert {"eval-contamination", "split-overlap-exact"} <= rules
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,12 @@ Face Trainer), trained once per module, healthy or with one fault planted at a k
 step. Checks run every 20 steps (`budget=1.0`: these models are so fast that the budget
 would otherwise skip them).
 
-Measured on the healthy runs: the Lightning CNN ends with no finding on seeds 0-4
-(conv1's kernels reach a median autocorrelation of 0.35-0.44, p = 0 against shuffling);
-with weight decay 1e-4 instead of the demo's 0.1 the same 184 steps leave seed 0's conv1
-at 0.05 (p = 0.05), and `noisy-kernels` says so: a short run's fact, not a false alarm.
+Measured on the healthy runs: the Lightning CNN (weight decay 0.01) ends with no finding
+on seeds 0-2 under the default and AVX2 kernels. With weight decay 1e-4 the same 184 steps
+leave seed 0's conv1 at a median autocorrelation of 0.05 (p = 0.05), and `noisy-kernels`
+says so; with the demo's 0.1, up to 7 of conv1's 16 filters die (never positive on any of
+the 1,797 digits), and one sampled batch showed 9 silent: `dead-units` says so. Both are
+short runs' facts, not false alarms.
 The GPT-2 ends with no finding (train loss 5.4 -> 3.0, eval loss 3.5 -> 2.9 in 150 steps).
 """
 
@@ -103,8 +105,11 @@ class Digits(pl.LightningModule):
         self.log("val_acc", (logits.argmax(1) == y).float().mean())
 
     def configure_optimizers(self) -> Any:
-        # The demo's weight decay: with 1e-4, 184 steps can leave conv1 noisy (module docs).
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
+        # With 1e-4, 184 steps can leave conv1 noisy (module docs). The demo's 0.1 kills up
+        # to 7 of conv1's 16 filters (measured over all 1,797 digits, seeds 0-2, default and
+        # AVX2 kernels), and one sampled batch then saw 9 of 16 silent: a dead-units warning
+        # that is the truth of that model. With 0.01: 0-1 dead, validation accuracy 98-99%.
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
 
 
 @dataclass
@@ -425,8 +430,9 @@ def hf_runs(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> dict[
             "nan": train_gpt2(root / "nan", Fault(nan_at=50), save_steps=EVERY),
             "detach": train_gpt2(root / "detach", Fault(detach=True)),
             # AdamW and the Trainer's clipping at 1.0 keep the loss finite: what shows is
-            # the growth of the gradients, a warning (module docs of rules/live.py).
-            "lr": train_gpt2(root / "lr", Fault(lr_jump_at=50), stop_on="warning"),
+            # the growth of the gradients, in a quarter of the tensors at once (an error:
+            # rules/live.py), so the default stop_on="error" stops it.
+            "lr": train_gpt2(root / "lr", Fault(lr_jump_at=50)),
         }
 
 
@@ -476,6 +482,10 @@ def test_hf_learning_rate_blow_up_stops_within_one_interval(hf_runs) -> None:
     assert stop.findings[0].rule in stop.message
     grown = [f for f in run.callback.result.findings if f.rule == "exploding-gradients"]
     assert grown and min(f.evidence["growth"] for f in grown) > 100
+    assert all(f.severity.label == "error" for f in grown)
+    # Model-wide: 14-29% of the tensors (seeds 0-2, default and AVX2 kernels), against
+    # the 5% that escalates.
+    assert len(grown) >= 0.1 * grown[0].evidence["judged_tensors"]
 
 
 def test_hf_gradient_accumulation_loss_matches_the_trainers(tmp_path) -> None:

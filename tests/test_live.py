@@ -56,6 +56,36 @@ def test_healthy_gradients_stay_far_from_the_thresholds(healthy) -> None:
         assert {f.rule for f in run.monitor.result.findings} <= {"noisy-kernels"}
 
 
+def test_one_tensor_that_grows_is_a_warning_and_many_at_once_an_error(healthy) -> None:
+    """On a healthy run's real records: one tensor's last three norms raised 1,000-fold is
+    a local warning; the same in 3 of the CNN's 12 tensors is the model's update scale
+    blowing up, an error for each."""
+    import copy
+
+    from diag.rules.live import exploding_gradients
+
+    records = healthy[("sgd", 0)].monitor.session.gradients
+    assert list(exploding_gradients(records)) == []
+
+    def grown(names: list[str]) -> list:
+        raised = copy.deepcopy(records)
+        for name in names:
+            raised.norms[name][-3:] = [v * 1000 for v in raised.norms[name][-3:]]
+        return list(exploding_gradients(raised))
+
+    names = sorted(records.norms)
+    assert len(names) == 12
+    (one,) = grown(names[:1])
+    assert one.severity is None and one.location.object == names[0]  # the rule's warning
+    assert one.evidence["grown_tensors"] == 1 and one.evidence["judged_tensors"] == 12
+    many = grown(names[:3])
+    assert {f.location.object for f in many} == set(names[:3])
+    assert all(f.severity.label == "error" and "3 of 12 tensors" in f.message for f in many)
+    # A weight and its bias are one module: that layer alone stays a warning.
+    layer = [n for n in names if n.startswith("conv1.")]
+    assert len(layer) == 2 and all(f.severity is None for f in grown(layer))
+
+
 def test_a_nan_loss_stops_the_run_on_the_step_it_happens() -> None:
     run = train_live(LiveFault(nan_at=50), every_n_steps=EVERY, **QUIET)
     assert run.stopped is not None and run.steps == 50

@@ -196,9 +196,62 @@ def child(job: str, monitored: bool, steps: int, every: int) -> None:
     )
 
 
-def measure(job: str, monitored: bool, args: argparse.Namespace) -> dict[str, float]:
+def paired(job: str, steps: int, every: int) -> None:
+    """One process, blocks of `every` steps taking turns without and with the monitor.
+
+    Separate processes differ by more than the overhead on a 1.5 ms step (a few percent,
+    either way, from where the allocator and the caches land); in one process the two
+    kinds of block share all of that, and a drift of the machine's load hits both. The
+    monitor only sees its own blocks: it counts its steps there, and its budget clock is
+    moved on by each plain block, so it spends what it would on a run of its blocks alone.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    model, optimizer, (batches, loss_of) = JOBS[job]()
+    from diag import Monitor
+
+    monitor = Monitor(model, optimizer, every_n_steps=every, echo=lambda line: None)
+    for _ in range(20):  # warm-up, unmonitored
+        batch = next(batches)
+        optimizer.zero_grad()
+        loss_of(batch).backward()
+        optimizer.step()
+    ratios, last_plain, inside, watched = [], 1.0, 0.0, 0.0
+    for block in range(2 * max(1, steps // (2 * every))):
+        monitored = block % 2 == 1
+        began = time.perf_counter()
+        for _ in range(every):
+            batch = next(batches)
+            optimizer.zero_grad()
+            loss = loss_of(batch)
+            loss.backward()
+            optimizer.step()
+            if monitored:
+                entered = time.perf_counter()
+                monitor.step(loss)
+                inside += time.perf_counter() - entered
+        took = time.perf_counter() - began
+        if monitored:
+            ratios.append(took / last_plain)
+            watched += took
+        else:
+            monitor.session._train_clock += took
+            last_plain = took
+    monitor.close()
+    # Each monitored block holds one check (or its skip) and its gradient records, so the
+    # blocks are alike: the median of the pairs' ratios is the overhead, and a burst of
+    # load from elsewhere that hits one block moves only its own pair.
+    share = inside / watched
+    out = {"paired_overhead": statistics.median(ratios) - 1, "paired_inside": share}
+    print(json.dumps({**out, "checks": len(monitor.session.check_seconds)}))
+
+
+def measure(
+    job: str, monitored: bool, args: argparse.Namespace, mode: str = "--child"
+) -> dict[str, float]:
     steps = args.cnn_steps if job.startswith("cnn") else args.steps
-    command = [sys.executable, __file__, "--child", job, "--steps", str(steps)]
+    command = [sys.executable, __file__, mode, job, "--steps", str(steps)]
     command += ["--every", str(args.every)] + (["--monitored"] if monitored else [])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
@@ -215,24 +268,30 @@ def main() -> None:
     parser.add_argument("--models", default="cnn,cnn256,gpt,wide")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child")
+    parser.add_argument("--paired")
     parser.add_argument("--monitored", action="store_true")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.monitored, args.steps, args.every)
         return
+    if args.paired:
+        paired(args.paired, args.steps, args.every)
+        return
     print(
         f"load average before: {os.getloadavg()[0]:.2f}; {args.steps} steps "
         f"(CNN {args.cnn_steps}), checks every {args.every}"
     )
-    header = ("model", "step ms", "with ms", "overhead", "in monitor", "checks",
+    header = ("model", "step ms", "with ms", "overhead", "paired", "in monitor", "checks",
               "worst check ms", "extra peak MiB", "largest tensor MiB")  # fmt: skip
     print("  ".join(f"{h:>16}" for h in header))
     for job in args.models.split(","):
-        plain, watched = [], []
+        plain, watched, pairs = [], [], []
         for round_ in range(args.rounds):
             order = (False, True) if round_ % 2 == 0 else (True, False)
             for monitored in order:
                 (watched if monitored else plain).append(measure(job, monitored, args))
+            if job != "wide":  # memory only: its steps are too few for blocks
+                pairs.append(measure(job, True, args, "--paired")["paired_overhead"])
         base = statistics.median(r["step_s"] for r in plain)
         with_ = statistics.median(r["step_s"] for r in watched)
         extra = statistics.median(w["peak_kib"] for w in watched) - statistics.median(
@@ -243,6 +302,7 @@ def main() -> None:
             f"{base * 1e3:.2f}",
             f"{with_ * 1e3:.2f}",
             f"{(with_ - base) / base:+.2%}",
+            f"{statistics.median(pairs):+.2%}" if pairs else "-",
             f"{statistics.median(r['inside_share'] for r in watched):.2%}",
             f"{watched[0]['checks']}",
             f"{max(r['worst_check_s'] for r in watched) * 1e3:.1f}",

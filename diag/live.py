@@ -117,8 +117,9 @@ class LiveSession:
     `stop_on` is "error", "warning" or None (never stop); `every_n_steps` how often the
     parameter, gradient and activation checks run; `grad_every` how often gradient
     norms are recorded (default: ten records per check interval); `budget` the share of
-    training time the checks may take; `memory_budget` the bytes one tensor's copy may
-    take (the parameter checks read one tensor at a time; None: no limit). `echo`
+    training time diag may take (its checks, their sampled forward pass, the gradient
+    records and the per-step look at the loss); `memory_budget` the bytes one tensor's
+    copy may take (the parameter checks read one tensor at a time; None: no limit). `echo`
     receives each new finding's line (default: stderr); `is_main` is False on the ranks
     of a distributed run that do not check.
     """
@@ -183,6 +184,7 @@ class LiveSession:
         self._check_seconds = 0.0
         self._grad_seconds = 0.0
         self._sample_seconds = 0.0
+        self._step_seconds = 0.0  # the per-step path (the loss), between checks
         self._recording_since = 0.0
         self.check_seconds: list[float] = []  # wall time of every check, for the bench
         self._train_clock = time.perf_counter()
@@ -203,6 +205,7 @@ class LiveSession:
         """One optimizer step done: its loss, and the checks that are due."""
         if self.model is None:
             return  # finished: nothing more is checked
+        start = time.perf_counter()
         self.step_count = step
         value = math.nan
         if loss is not None:
@@ -217,6 +220,12 @@ class LiveSession:
         if not self.is_main:
             return
         nonfinite = loss is not None and not math.isfinite(value)
+        every = self.every_n_steps
+        if step % self.grad_every and step % every and (step + 1) % every and not nonfinite:
+            # Nothing due: what this step cost is paid from the budget too, so on a model
+            # whose step is as short as this path is long the checks thin out instead.
+            self._step_seconds += time.perf_counter() - start
+            return
         if step % self.grad_every == 0 and self._last_grad_step != step and self._records_fit():
             self.record_gradients(step)
         if nonfinite:
@@ -331,7 +340,7 @@ class LiveSession:
             if heavy:
                 self._check_seconds = spent + self._sample_seconds
                 self._train_clock = time.perf_counter()
-                self._grad_seconds = self._sample_seconds = 0.0
+                self._grad_seconds = self._sample_seconds = self._step_seconds = 0.0
         self._checks_run += 1
         new = self._absorb(result, step)
         self._decide(step, new, heavy)
@@ -559,15 +568,18 @@ class LiveSession:
         """Would this check take more than `budget` of the training time since the last?"""
         if self._check_seconds == 0.0:
             return False  # the first check measures what a check costs
-        # The gradient records since the last check are paid from the same budget.
+        # The gradient records and the per-step path since the last check are paid from
+        # the same budget.
         trained = time.perf_counter() - self._train_clock
-        return self._check_seconds + self._grad_seconds > self.budget * trained
+        spent = self._check_seconds + self._grad_seconds + self._step_seconds
+        return spent > self.budget * trained
 
     def _records_fit(self) -> bool:
-        """Gradient records take at most half the budget: on a model whose step is as cheap
-        as a record (~40 us for a small CNN), they thin out instead of costing 3%."""
+        """Gradient records take at most half of the budget the per-step path leaves: on a
+        model whose step is as cheap as a record (~40 us for a small CNN), they thin out
+        instead of costing 3%."""
         trained = time.perf_counter() - self._train_clock
-        return self._grad_seconds <= 0.5 * self.budget * trained
+        return self._grad_seconds <= 0.5 * (self.budget * trained - self._step_seconds)
 
     def _held(self) -> set[str]:
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}

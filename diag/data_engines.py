@@ -41,11 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from diag.errors import InputError, UsageError
+from diag.ray_data import cluster_workers, shard_size
 
 # Samples per shard a Ray worker reads and digests: large enough that opening the split
 # in the worker is amortised, small enough to spread a split over the workers.
 SHARD_SAMPLES = 50_000
 CHUNK = 4096  # samples digested at a time inside a shard, as in process
+MIN_SHARD_SAMPLES = 2_000  # a smaller split is cut no finer for the workers' sake
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,13 @@ class RayEngine:
         shards: dict[str, list[Any]] = {}
         pending: dict[Any, int] = {}
         total = sum(len(s) for s in splits.values())
+        workers = cluster_workers()
         for name, split in splits.items():
             spec = self.specs[name]
             refs = []
-            for start in range(0, max(len(split), 1), self.shard_samples):
-                stop = min(start + self.shard_samples, len(split))
+            step = shard_size(len(split), self.shard_samples, MIN_SHARD_SAMPLES, workers)
+            for start in range(0, max(len(split), 1), step):
+                stop = min(start + step, len(split))
                 ref = digest.remote(spec, start, stop)
                 refs.append(ref)
                 pending[ref] = stop - start
@@ -250,8 +254,9 @@ def text_shards(spec: SplitSpec, split: Any) -> list[Any]:
     locations = ray_data.resolve(spec.path) if native else []
     fmt = ray_data.file_format(locations)
     if fmt is None or split.kind != TEXT or len(split.columns) != 1:
-        return ray_data.plan([], None, "", spec, len(split))
-    return ray_data.plan(locations, fmt, split.columns[0], spec, len(split))
+        return ray_data.plan([], None, "", spec, len(split), ray_data.cluster_workers())
+    workers = ray_data.cluster_workers()
+    return ray_data.plan(locations, fmt, split.columns[0], spec, len(split), workers)
 
 
 def _shard_hits(index: Any, chunks: Any) -> Any:

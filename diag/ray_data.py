@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 
 SHARD_ROWS = 100_000  # Parquet rows per shard (whole row groups)
 SHARD_BYTES = 64 * 1024**2  # JSON Lines bytes per shard
+# A split smaller than SHARD_* x workers is cut finer, into about this many shards per
+# worker (so no worker idles while another reads the only shard, and the last shards
+# balance), but never below these floors, where a shard's start-up would dominate.
+SHARDS_PER_WORKER = 4
+MIN_SHARD_ROWS = 2_000
+MIN_SHARD_BYTES = 1024**2
 CHUNK = 2048  # documents handed to a stage at once inside a shard, as in process
 MAX_LINE_BYTES = 16 * 1024**2  # as the in-process JSON Lines loader
 
@@ -160,23 +166,46 @@ class Shard:
     spec: Any = None
 
 
+def shard_size(total: int, largest: int, floor: int, workers: int) -> int:
+    """Units per shard: `largest` at most, else enough shards for every worker."""
+    wanted = -(-total // max(1, SHARDS_PER_WORKER * workers))
+    return max(1, min(largest, max(floor, wanted)))
+
+
+def cluster_workers() -> int:
+    """The CPUs of the Ray cluster this process is connected to (1 if it is not)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def plan(
-    locations: Sequence[str], fmt: str | None, field: str, spec: Any, samples: int
+    locations: Sequence[str],
+    fmt: str | None,
+    field: str,
+    spec: Any,
+    samples: int,
+    workers: int = 1,
 ) -> list[Shard]:
     """The shards of a text split, in order: by row groups or bytes when its files are
-    Parquet or JSON Lines, else by sample ranges of its loader."""
+    Parquet or JSON Lines, else by sample ranges of its loader; cut finer when the split
+    is small for the `workers` that will read it."""
     if fmt == PARQUET:
-        return [s for loc in locations for s in _parquet_shards(loc, field)]
+        return [s for loc in locations for s in _parquet_shards(loc, field, samples, workers)]
     if fmt == JSONL:
-        return [s for loc in locations for s in _jsonl_shards(loc, field)]
-    step = max(1, SHARD_ROWS)
+        size = sum(_file_size(loc) for loc in locations)
+        step = shard_size(size, SHARD_BYTES, MIN_SHARD_BYTES, workers)
+        return [s for loc in locations for s in _jsonl_shards(loc, field, step)]
+    step = shard_size(samples, SHARD_ROWS, MIN_SHARD_ROWS, workers)
     return [
         Shard(SPLIT, spec.path, lo, min(lo + step, samples), "", spec)
         for lo in range(0, samples, step)
     ]
 
 
-def _parquet_shards(location: str, column: str) -> list[Shard]:
+def _parquet_shards(location: str, column: str, total: int = 0, workers: int = 1) -> list[Shard]:
     import pyarrow.parquet as pq
 
     fs, path = filesystem(location)
@@ -186,19 +215,24 @@ def _parquet_shards(location: str, column: str) -> list[Shard]:
             rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     except Exception as exc:
         raise InputError(location, f"unreadable Parquet file ({_one_line(exc)})") from None
+    step = shard_size(total or sum(rows), SHARD_ROWS, MIN_SHARD_ROWS, workers)
     shards, lo, held = [], 0, 0
     for g, count in enumerate(rows):
         held += count
-        if held >= SHARD_ROWS or g == len(rows) - 1:
+        if held >= step or g == len(rows) - 1:
             shards.append(Shard(PARQUET, location, lo, g + 1, column))
             lo, held = g + 1, 0
     return shards
 
 
-def _jsonl_shards(location: str, layout: str) -> list[Shard]:
+def _file_size(location: str) -> int:
     fs, path = filesystem(location)
-    size = fs.get_file_info(path).size or 0
-    step = max(1, SHARD_BYTES)
+    return fs.get_file_info(path).size or 0
+
+
+def _jsonl_shards(location: str, layout: str, step: int = SHARD_BYTES) -> list[Shard]:
+    size = _file_size(location)
+    step = max(1, step)
     return [Shard(JSONL, location, lo, min(lo + step, size), layout) for lo in range(0, size, step)]
 
 

@@ -194,6 +194,27 @@ def test_jsonl_byte_shards_cover_every_record_once(tmp_path) -> None:
     assert samples.take([299, 0, 150]) == [whole[299], whole[0], whole[150]]
 
 
+def test_a_split_smaller_than_a_shard_is_cut_for_every_worker(tmp_path, monkeypatch) -> None:
+    """A 3.5 MB training file, far below the 64 MiB shard, is read by both workers of the
+    cluster (1 MiB shards, the floor), every record once."""
+    from diag.loaders.splits.loaders import open_split
+
+    monkeypatch.setattr(ray_data, "SHARD_BYTES", 64 << 20)  # the module's fixture cut it
+
+    assert ray_data.cluster_workers() == 2
+    assert ray_data.shard_size(10**9, 64 << 20, 1 << 20, 2) == 64 << 20  # big: as before
+    assert ray_data.shard_size(3_500_000, 64 << 20, 1 << 20, 2) == 1 << 20  # the floor
+    assert ray_data.shard_size(40 << 20, 64 << 20, 1 << 20, 2) == 5 << 20  # 4 per worker
+    texts = [f"record {k}: " + "lorem ipsum dolor sit amet " * 25 for k in range(5000)]
+    path = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in texts])
+    split = open_split("train", path)
+    spec = engines.SplitSpec("train", str(path))
+    shards = engines.text_shards(spec, split)
+    assert len(shards) == -(-path.stat().st_size // (1 << 20)) >= 3
+    whole = [t for _, chunk in split.samples.chunks(512) for t in chunk]
+    assert [t for s in shards for chunk in ray_data.shard_texts(s, 512) for t in chunk] == whole
+
+
 def test_a_url_in_process_is_a_one_line_error(tmp_path) -> None:
     paths = {"train": "s3://bucket/train.parquet", "test": str(tmp_path / "t.parquet")}
     with pytest.raises(UsageError, match=r"s3://bucket/train.parquet: .* needs --engine ray"):

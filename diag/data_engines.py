@@ -10,31 +10,34 @@ The leakage analysis is a plan of stages over the splits (diag.leakage):
 5. findings, by the [data] rules, from the pairs.
 
 `LocalEngine` runs them in this process, as fast as before the plan existed. `RayEngine`
-runs the same functions on a Ray cluster: each worker opens the split from its path and
-digests its own shard (stage 1-2), a task per pair of splits joins and verifies them
-(3-4) from the shards' signatures, which stay in the cluster's object store; only the
-pairs come back. The same functions on the same signatures: the same findings.
+runs the same functions on a Ray cluster. Stages 1-2 run on Ray Data: one row per shard
+(a sample range of a split, about 4 per worker up to SHARD_SAMPLES), `map_batches` in
+the workers opens the split from its path and digests the shard, and `to_numpy_refs`
+hands back references to the digested blocks, which stay in the object store. A task per
+pair of splits then joins and verifies them (3-4) from those blocks; only the pairs come
+back. The same functions on the same signatures: the same findings.
 
-eval-contamination (diag.contamination) runs on Ray Data: the evaluation index is built
-on the driver and put in the object store once; the training split's shards (Parquet row
-groups, JSON Lines byte ranges, else sample ranges of diag's loader; diag.ray_data) are
-read by the workers straight from their paths or URLs, `map_batches` turns each into its
-hits, and only the hits come back, merged on the driver; verification re-reads only the
-candidate documents, in the workers. Splits may be URLs (`s3://`, `gs://`, `file://`, any
-fsspec protocol) and globs of Parquet or JSON Lines files (`load_splits`).
+eval-contamination (diag.contamination) runs on Ray Data too: the evaluation index is
+built on the driver and put in the object store once; the training split's shards
+(Parquet row groups, JSON Lines byte ranges, else sample ranges of diag's loader;
+diag.ray_data) are read by the workers straight from their paths or URLs, `map_batches`
+turns each into its hits, and only the hits come back, merged on the driver;
+verification re-reads only the candidate documents, in the workers. Splits may be URLs
+(`s3://`, `gs://`, `file://`, any fsspec protocol) and globs of Parquet or JSON Lines
+files (`load_splits`).
 
 What scales and what does not: reading and digesting (stages 1-2) and the contamination
-scan spread over the workers, and the driver holds only counts, labels and the merged
-hits. The leakage digests stay in tasks rather than Ray Data because Ray Data hands a
-dataset's rows back through the driver, and the signatures must stay in the object store
-for the join. The join itself (3-4) is one task per pair of splits: that task holds both
-splits' signatures (tens of bytes per sample), so a pair is bounded by one worker's
-memory; a join partitioned by signature key across workers is not built yet.
+scan spread over the workers, and the driver holds only counts, per-sample ids, labels
+and the merged hits. The join (3-4) is one task per pair of splits: that task holds both
+splits' signatures (a hash and a sketch per sample, and an image's thumbnail), so a
+pair is bounded by one worker's memory; a join partitioned by signature key across
+workers is not built.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,31 +91,16 @@ class RayEngine:
 
     def analyse(self, splits: Mapping[str, Any], quiet: bool = True) -> Any:
         from diag.rules.data import split_pairs
-        from diag.run import LeakageReport, sample_progress
+        from diag.run import LeakageReport
 
         ray = _ray(self.address)
-        digest = ray.remote(_digest_shard)
-        shards: dict[str, list[Any]] = {}
-        pending: dict[Any, int] = {}
-        total = sum(len(s) for s in splits.values())
         workers = cluster_workers()
+        items = []
         for name, split in splits.items():
-            spec = self.specs[name]
-            refs = []
             step = shard_size(len(split), self.shard_samples, MIN_SHARD_SAMPLES, workers)
             for start in range(0, max(len(split), 1), step):
-                stop = min(start + step, len(split))
-                ref = digest.remote(spec, start, stop)
-                refs.append(ref)
-                pending[ref] = stop - start
-            shards[name] = refs
-        with sample_progress(quiet, total) as advance:
-            done, waiting = 0, list(pending)
-            while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=1)
-                done += pending[ready[0]]
-                if advance is not None:
-                    advance(done, total)
+                items.append({"split": name, "start": start, "stop": min(start + step, len(split))})
+        shards = _digest_on_ray_data(items, self.specs, quiet)
         compare = ray.remote(_compare)
         within = ray.remote(_within)
         pairs = [(a, b) for a, b in split_pairs(dict(splits)) if splits[a].kind == splits[b].kind]
@@ -308,6 +296,53 @@ def _open(spec: SplitSpec) -> Any:
     )
 
 
+def _digest_on_ray_data(
+    items: list[dict[str, Any]], specs: Mapping[str, SplitSpec], quiet: bool
+) -> dict[str, list[Any]]:
+    """Stages 1-2 on Ray Data: one row per shard, digested by `map_batches` in the workers.
+    What comes back per split is references to the digested blocks, which stay in the
+    object store for the join: `to_numpy_refs` moves no block through the driver."""
+    import sys
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = not quiet and sys.stderr.isatty()
+    # Block k is shard k: the join asks for its splits' blocks by position.
+    context.execution_options.preserve_order = True
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    digested = ds.map_batches(
+        _digest_batch, fn_kwargs={"specs": dict(specs)}, batch_size=1, batch_format="numpy"
+    )
+    try:
+        refs = digested.to_numpy_refs()
+    except Exception as exc:
+        from diag.ray_data import _cause
+
+        raise _cause(exc) from None
+    if len(refs) != len(items):  # blocks merged or split after all: every join reads all
+        return {name: list(refs) for name in specs}
+    by_split: dict[str, list[Any]] = {name: [] for name in specs}
+    for item, ref in zip(items, refs, strict=True):
+        by_split[item["split"]].append(ref)
+    return by_split
+
+
+def _digest_batch(batch: dict[str, Any], specs: dict[str, SplitSpec]) -> dict[str, Any]:
+    import pickle
+
+    import numpy as np
+
+    name, start, stop = str(batch["split"][0]), int(batch["start"][0]), int(batch["stop"][0])
+    part = _digest_shard(specs[name], start, stop)
+    return {
+        "split": np.array([name], dtype=object),
+        "start": np.array([start]),
+        "part": np.array([pickle.dumps(part)], dtype=object),
+    }
+
+
 def _digest_shard(spec: SplitSpec, start: int, stop: int) -> Any:
     """Stages 1-2 for samples start..stop-1: read them, return their signatures."""
     from diag.leakage import digest_chunk, merge_parts
@@ -321,11 +356,21 @@ def _digest_shard(spec: SplitSpec, start: int, stop: int) -> Any:
 
 
 def _digest(spec: SplitSpec, refs: list[Any]) -> Any:
+    """The split's signatures from its digested blocks (in shard order)."""
+    import pickle
+
     import ray
 
     from diag.leakage import assemble
 
-    return assemble(_open(spec), ray.get(list(refs)))
+    parts = []
+    for block in ray.get(list(refs)):
+        for name, start, part in zip(block["split"], block["start"], block["part"], strict=True):
+            if name == spec.name:
+                # Written by our own _digest_batch in a worker of this cluster.
+                parts.append((int(start), pickle.loads(part)))  # noqa: S301
+    parts.sort(key=lambda p: p[0])
+    return assemble(_open(spec), [part for _, part in parts])
 
 
 def _compare(spec_a: SplitSpec, refs_a: list[Any], spec_b: SplitSpec, refs_b: list[Any]) -> Any:

@@ -122,6 +122,22 @@ def test_without_ray_installed_the_engine_is_a_one_line_error(monkeypatch) -> No
         engines._ray(None)
 
 
+def test_the_digests_stay_in_the_cluster(tmp_path, monkeypatch) -> None:
+    """Stages 1-2 run on Ray Data and the driver never iterates their rows: with every way
+    of pulling a dataset's rows to the driver broken, the findings are the same."""
+    import ray.data
+
+    splits = _write(CASES[0].arrays(), tmp_path)
+    local = findings(splits, "local")
+
+    def pulled(*args, **kwargs):
+        raise AssertionError("a dataset's rows came to the driver")
+
+    for name in ("iter_rows", "iter_batches", "take", "take_all", "to_pandas"):
+        monkeypatch.setattr(ray.data.Dataset, name, pulled)
+    assert local and findings(splits, "ray") == local  # a table: no contamination to scan
+
+
 def test_shards_cover_every_sample_once(tmp_path) -> None:
     """A worker's shard is samples start..stop-1, read with the split's own reader."""
     from diag.leakage import assemble, digest_split

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import unicodedata
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -291,11 +293,43 @@ def digest_split(
     """
     total = len(split)
     parts = []
-    for start, chunk in split.samples.chunks(chunk_size):
-        parts.append(digest_chunk(split.kind, chunk, near))
+    chunks = split.samples.chunks(chunk_size)
+    for start, part in _ordered_map(lambda c: (c[0], digest_chunk(split.kind, c[1], near)), chunks):
+        parts.append(part)
         if progress is not None:
-            progress(min(start + len(parts[-1].hashes), total), total)
+            progress(min(start + len(part.hashes), total), total)
     return assemble(split, parts)
+
+
+def _workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _ordered_map(func: Callable, items: Iterable, workers: int | None = None) -> Iterator:
+    """func over items in a few threads, results in order, a few items ahead at most.
+
+    Worth it where func spends its time in numpy (matrix products, array arithmetic),
+    which releases the GIL: image thumbnails and pixel verification use both cores.
+    The items are drawn in this thread, so a loader is never read from two at once.
+    """
+    workers = _workers() if workers is None else workers
+    if workers == 1:
+        yield from map(func, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @dataclass(frozen=True, eq=False)
@@ -776,13 +810,15 @@ def _correlation_distance(
 def _image_distances(
     ta: np.ndarray, tb: np.ndarray, pairs: np.ndarray, radius: int, refine: bool
 ) -> np.ndarray:
-    out = np.empty(len(pairs), dtype=np.float32)
-    for s in range(0, len(pairs), 2048):  # ~15 MB of temporaries per block
-        p = pairs[s : s + 2048]
+    def block(s: int) -> np.ndarray:
+        p = pairs[s : s + 2048]  # ~15 MB of temporaries per block
         a = ta[p[:, 0]].astype(np.float32)
         b = tb[p[:, 1]].astype(np.float32)
-        out[s : s + len(p)] = _correlation_distance(a, b, radius, refine)
-    return out
+        return _correlation_distance(a, b, radius, refine)
+
+    starts = range(0, len(pairs), 2048)
+    blocks = list(_ordered_map(block, starts))
+    return np.concatenate(blocks).astype(np.float32) if blocks else np.empty(0, np.float32)
 
 
 class _ImageSpace:

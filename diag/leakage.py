@@ -298,7 +298,7 @@ def digest_split(
         parts.append(part)
         if progress is not None:
             progress(min(start + len(part.hashes), total), total)
-    return assemble(split, parts)
+    return _as_digest(split, _merge_owned(parts))
 
 
 def _workers() -> int:
@@ -458,9 +458,37 @@ def merge_parts(parts: Sequence[DigestPart]) -> DigestPart:
     return DigestPart(h, rec, min((p.min_side for p in parts), default=1 << 30))
 
 
+def _merge_owned(parts: list[DigestPart]) -> DigestPart:
+    """merge_parts of a list it empties: each part is dropped once copied, so a split's
+    records (280 MB of thumbnails for 1.1M images) are never held twice."""
+    recs = [p.records for p in parts]
+    same = all(
+        r is not None and r.shape[1:] == recs[0].shape[1:] and r.dtype == recs[0].dtype
+        for r in recs
+    )
+    if not parts or not same:
+        return merge_parts(parts)
+    del recs
+    n = sum(len(p.hashes) for p in parts)
+    first = parts[0].records
+    hashes = np.empty((n, 2), dtype=np.uint64)
+    records = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+    min_side, at = 1 << 30, 0
+    parts.reverse()  # pop from the end, in sample order
+    while parts:
+        part = parts.pop()
+        hashes[at : at + len(part.hashes)] = part.hashes
+        records[at : at + len(part.hashes)] = part.records
+        min_side, at = min(min_side, part.min_side), at + len(part.hashes)
+    return DigestPart(hashes, records, min_side)
+
+
 def assemble(split: Split, parts: Sequence[DigestPart]) -> SplitDigest:
     """One split's digest from its parts, in sample order."""
-    whole = merge_parts(parts)
+    return _as_digest(split, merge_parts(parts))
+
+
+def _as_digest(split: Split, whole: DigestPart) -> SplitDigest:
     min_side = whole.min_side if whole.min_side < 1 << 30 else 0
     return SplitDigest(split, whole.hashes, whole.records, min_side)
 
@@ -550,27 +578,35 @@ def _build_index(vectors: np.ndarray, unit: bool = False):  # -> faiss.Index
     memory, and half the bytes took a third off the search (1M sketches: the same top 3
     for 99.95% of the neighbours); table rows can exceed float16's range, so not them.
     """
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    return _build_index_from(len(x), x.shape[1], lambda rows: x[rows], unit)
+
+
+def _build_index_from(
+    n: int, dims: int, rows: Callable[[np.ndarray | slice], np.ndarray], unit: bool
+):
+    """`_build_index` of n vectors that `rows(index or slice)` makes a block at a time."""
     import faiss  # lazy: `diag --help` must not pay for it
 
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if len(x) <= FLAT_LIMIT:
-        index = faiss.IndexFlatL2(x.shape[1])
-        index.add(x)
+    if n <= FLAT_LIMIT:
+        index = faiss.IndexFlatL2(dims)
+        index.add(np.ascontiguousarray(rows(slice(0, n)), dtype=np.float32))
         return index
-    cells = int(min(IVF_MAX_CELLS, round(2 * math.sqrt(len(x)))))
-    quantizer = faiss.IndexFlatL2(x.shape[1])
+    cells = int(min(IVF_MAX_CELLS, round(2 * math.sqrt(n))))
+    quantizer = faiss.IndexFlatL2(dims)
     if unit:
         index = faiss.IndexIVFScalarQuantizer(
-            quantizer, x.shape[1], cells, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2
+            quantizer, dims, cells, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2
         )
         index.by_residual = False  # plain vectors, as the flat index stores them
     else:
-        index = faiss.IndexIVFFlat(quantizer, x.shape[1], cells)
+        index = faiss.IndexIVFFlat(quantizer, dims, cells)
     index.cp.seed = 0
     # 40 training points per cell: faiss's own minimum is 39 (it warns on stderr below it).
-    sample = np.random.default_rng(0).choice(len(x), min(len(x), 40 * cells), replace=False)
-    index.train(x[np.sort(sample)])
-    index.add(x)
+    sample = np.random.default_rng(0).choice(n, min(n, 40 * cells), replace=False)
+    index.train(np.ascontiguousarray(rows(np.sort(sample)), dtype=np.float32))
+    for s in range(0, n, 65536):  # in blocks: no float copy of every vector at once
+        index.add(np.ascontiguousarray(rows(slice(s, min(n, s + 65536))), dtype=np.float32))
     index.nprobe = IVF_PROBES
     return index  # faiss's wrapper keeps a reference to the quantizer
 
@@ -845,7 +881,11 @@ class _ImageSpace:
         if "image_index" not in d.cache:
             reps = _representatives(d)
             records = d.records if reps is None else d.records[reps]
-            d.cache["image_index"] = [_build_index(_image_sketches(records), unit=True)]
+            dims = SKETCH * SKETCH
+            index = _build_index_from(
+                len(records), dims, lambda rows: _image_sketches(records[rows]), unit=True
+            )
+            d.cache["image_index"] = [index]
         return d.cache["image_index"]
 
     def candidates(self, q: int, t: int, rows: np.ndarray, k: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The leakage engine (`diag.leakage`): recall, false alarms, time and memory.
 
-    .venv/bin/python bench/bench_leakage.py [--parts a,b,c] [--rows 1000000] [--images 100000]
+    .venv/bin/python bench/bench_leakage.py [--parts a,b,c,d] [--rows 1000000] [--images 100000]
+        [--big 1000000] [--small 100000]
 
 - (a) digits: scikit-learn's 1,797 real 8x8 digits split by stand-in writer groups into
   train/val/test, with copies of train digits planted into val and test (exact, shifted
@@ -19,6 +20,12 @@
 - (c) near duplicates: `--images` 32x32 structured images (smooth random fields with
   texture) in two splits (90% / 10%); 500 copies of the big split planted into the small
   one (shift 1-2 px, JPEG, 2% noise, brightness/contrast).
+- (d) the whole check on files: `--big` and `--small` 32x32 uint8 images of the same kind
+  as (c), written once as `.npy` files under /tmp/diag-bench-images (a folder per set of
+  parameters, so reruns skip the generation), with 1,200 planted copies in the small split
+  (200 each of: exact, shift 1 px, shift 2 px, JPEG, 2% noise, x*0.8+20). Timed:
+  `diag.api.check(CheckOptions(splits=..., select=["data"]))`, as `diag check --split
+  train=BIG --split test=SMALL --select data` runs it, with the seconds per stage.
 
 Each part runs in a fresh interpreter; peak RSS is that process's VmHWM (imports
 included) and `above imports` subtracts the RSS measured once the imports are done.
@@ -322,6 +329,161 @@ def part_c(n_images: int) -> dict:
     }  # fmt: skip
 
 
+# ----------------------------------------------- (d) the whole check on .npy files
+
+IMAGE_CACHE = Path("/tmp/diag-bench-images")
+D_EDITS = [("exact", lambda x, g: x.copy()), *field_edits()]
+D_PER_EDIT = 200
+
+
+def field_batch(g: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 32, 32) uint8 images like `fields`, made with one matrix product per batch."""
+    up6, up16 = lk._resample_matrix(6, 32), lk._resample_matrix(16, 32)
+    x = up6 @ g.standard_normal((n, 6, 6)) @ up6.T
+    x += up16 @ (g.standard_normal((n, 16, 16)) * 0.35) @ up16.T
+    lo = x.min(axis=(1, 2), keepdims=True)
+    span = x.max(axis=(1, 2), keepdims=True) - lo
+    return np.rint((x - lo) / (span + 1e-9) * 255).astype(np.uint8)
+
+
+def _write_fields(path: Path, n: int, seed: int, batch: int = 65536) -> np.ndarray:
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, 32, 32))
+    for s in range(0, n, batch):
+        out[s : s + batch] = field_batch(np.random.default_rng([seed, s]), min(batch, n - s))
+    out.flush()
+    return out
+
+
+def image_files(n_big: int, n_small: int) -> tuple[Path, Path, np.ndarray, list[str]]:
+    """train.npy, test.npy and the planted copies as (source in train, index in test),
+    generated once per parameter set; a folder is only used once its `truth.npy` exists."""
+    folder = IMAGE_CACHE / f"fields32-big{n_big}-small{n_small}-per{D_PER_EDIT}-v1"
+    names = [e for e, _ in D_EDITS]
+    truth_path = folder / "truth.npy"
+    if not truth_path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        big = _write_fields(folder / "train.npy", n_big, 1)
+        small = _write_fields(folder / "test.npy", n_small, 2)
+        planted = D_PER_EDIT * len(D_EDITS)
+        g = np.random.default_rng(3)
+        sources = np.sort(g.choice(n_big, planted, replace=False))
+        places = np.sort(g.choice(n_small, planted, replace=False))
+        for k, (src, j) in enumerate(zip(sources, places, strict=True)):
+            edited = D_EDITS[k % len(D_EDITS)][1](np.array(big[src]), g)
+            small[j] = np.clip(np.rint(edited), 0, 255).astype(np.uint8)
+        small.flush()
+        del big, small
+        np.save(folder / "truth.tmp.npy", np.stack([sources, places], axis=1))
+        (folder / "truth.tmp.npy").rename(truth_path)
+    return folder / "train.npy", folder / "test.npy", np.load(truth_path), names
+
+
+class StageClock:
+    """Seconds per stage, each function's own time (a stage inside another is not counted
+    twice): wraps module-level functions and methods by name, so `check` runs unchanged."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self._stack: list[list[float]] = []
+
+    def wrap(self, owner: object, attr: str, stage: str) -> None:
+        inner = getattr(owner, attr, None)
+        if inner is None:
+            return
+
+        def timed(*args, **kwargs):
+            frame = [time.perf_counter(), 0.0]  # start, time spent in nested stages
+            self._stack.append(frame)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self._stack.pop()
+                elapsed = time.perf_counter() - frame[0]
+                self.spent[stage] = self.spent.get(stage, 0.0) + elapsed - frame[1]
+                if self._stack:
+                    self._stack[-1][1] += elapsed
+
+        setattr(owner, attr, timed)
+
+
+class RssSampler:
+    """Largest anonymous RSS (the engine's own memory) and file-backed RSS (pages of the
+    memory-mapped .npy files, which the kernel can drop) seen every 20 ms; VmHWM counts
+    both."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = {"RssAnon": 0.0, "RssFile": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for field in self.peak:
+                self.peak[field] = max(self.peak[field], rss_mb(field))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+D_STAGES = [
+    (lk, "digest_split", "digest"),
+    (lk, "exact_pairs", "exact join"),
+    (lk, "exact_groups", "exact join"),
+    (lk, "_build_index", "index build"),
+    (lk, "_build_index_from", "index build"),
+    (lk, "_space_scale", "scale (within-split sample)"),
+    (lk, "_space_pairs", "near search"),
+    (lk._ImageSpace, "distance", "verification"),
+]
+
+
+def part_d(n_big: int, n_small: int) -> dict:
+    t = time.perf_counter()
+    big, small, truth, names = image_files(n_big, n_small)
+    prepared = time.perf_counter() - t
+    import faiss  # noqa: F401  (imports before the baseline RSS, as in the other parts)
+
+    from diag.api import CheckOptions, check
+    from diag.registry import load_rules
+
+    load_rules()
+    clock = StageClock()
+    for owner, attr, stage in D_STAGES:
+        clock.wrap(owner, attr, stage)
+    base = rss_mb("VmRSS")
+    t = time.perf_counter()
+    with RssSampler() as rss:
+        result, run = check(
+            CheckOptions(
+                splits={"train": str(big), "test": str(small)}, select=["data"], quiet=True
+            )
+        )
+    total = time.perf_counter() - t
+    res = run.leakage.comparisons[("train", "test")]
+    got = {(p.i, p.j) for p in res.pairs()}
+    want = {(int(i), int(j)) for i, j in truth}
+    recall: dict[str, list[int]] = {}
+    for k, (i, j) in enumerate(truth.tolist()):
+        hit = recall.setdefault(names[k % len(names)], [0, 0])
+        hit[0] += (i, j) in got
+        hit[1] += 1
+    return {
+        "big": n_big, "small": n_small, "prepare_s": prepared, "total_s": total,
+        "stages": clock.spent, "recall": recall, "false": len(got - want),
+        "findings": sorted(f.rule for f in result.findings), "scale": res.scale,
+        "threshold": res.threshold, "peak_mb": rss_mb(), "base_mb": base,
+        "anon_mb": rss.peak["RssAnon"], "file_mb": rss.peak["RssFile"],
+        "load": Path("/proc/loadavg").read_text().split()[:3],
+    }  # fmt: skip
+
+
 # ------------------------------------------------------------------------ printing
 
 
@@ -368,25 +530,51 @@ def print_c(r: dict) -> None:
         print(f"| {e} | {hit}/{n} |")
 
 
+def print_d(r: dict) -> None:
+    print(f"\n(d) diag check on .npy files: {r['big']:,} vs {r['small']:,} 32x32 images")
+    print(f"(files ready in {r['prepare_s']:.1f} s; load average after: {' '.join(r['load'])})")
+    print("| stage | s |\n|---|---|")
+    for stage, s in r["stages"].items():
+        print(f"| {stage} | {s:.1f} |")
+    other = r["total_s"] - sum(r["stages"].values())
+    print(f"| other (opening files, rules) | {other:.1f} |\n| **total** | **{r['total_s']:.1f}** |")
+    print(
+        f"peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['base_mb']:+.0f} above imports; "
+        f"sampled peaks: anonymous {r['anon_mb']:.0f} MB, mapped file pages "
+        f"{r['file_mb']:.0f} MB); "
+        f"false alarms {r['false']}; findings {', '.join(r['findings']) or 'none'}"
+    )
+    print("| edit | recall |\n|---|---|")
+    for e, (hit, n) in r["recall"].items():
+        print(f"| {e} | {hit}/{n} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="a,b,c")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--images", type=int, default=100_000)
+    ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        run = {"a": part_a, "b": lambda: part_b(args.rows), "c": lambda: part_c(args.images)}
+        run = {
+            "a": part_a, "b": lambda: part_b(args.rows), "c": lambda: part_c(args.images),
+            "d": lambda: part_d(args.big, args.small),
+        }  # fmt: skip
         print(json.dumps(run[args.child]()))
         return
     for part in args.parts.split(","):
         cmd = [sys.executable, __file__, "--child", part]
         cmd += ["--rows", str(args.rows), "--images", str(args.images)]
+        cmd += ["--big", str(args.big), "--small", str(args.small)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             print(out.stderr, file=sys.stderr)
             continue
-        {"a": print_a, "b": print_b, "c": print_c}[part](json.loads(out.stdout.splitlines()[-1]))
+        printer = {"a": print_a, "b": print_b, "c": print_c, "d": print_d}[part]
+        printer(json.loads(out.stdout.splitlines()[-1]))
 
 
 if __name__ == "__main__":

@@ -425,12 +425,14 @@ def _hash_colour_batch(x: np.ndarray) -> np.ndarray:
     n, h, w, c = x.shape
     opaque = (x[..., 3] == 255).reshape(n, -1).all(axis=1) if c == 4 else np.ones(n, bool)
     rgb = x[..., :3]
-    grey = opaque & (rgb == rgb[..., :1]).reshape(n, -1).all(axis=1)
+    grey = (rgb == rgb[..., :1]).reshape(n, -1).all(axis=1)
+    if c == 4:  # with its alpha kept, an image is grey only when all four channels agree
+        grey &= opaque | (x[..., 3] == x[..., 0]).reshape(n, -1).all(axis=1)
     out = np.empty((n, 2), dtype=np.uint64)
     forms = [
         (grey, lambda v: v[..., 0], (h, w)),
         (opaque & ~grey, lambda v: v[..., :3], (h, w, 3)),
-        (~opaque, lambda v: v, (h, w, c)),
+        (~opaque & ~grey, lambda v: v, (h, w, c)),
     ]
     for rows, form, shape in forms:
         if rows.any():

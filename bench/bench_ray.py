@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--stages", default="contamination,near")
     ap.add_argument("--out", type=Path, default=Path("/tmp/diag-contamination"))
     ap.add_argument("--target-hours", default="1,24")
+    ap.add_argument("--web-doc-bytes", type=int, default=4000)
     ap.add_argument("--child")
     ap.add_argument("--paths", nargs=2)
     args = ap.parse_args()
@@ -170,9 +171,18 @@ def project(rates: dict, measured: dict, args: argparse.Namespace, size: int) ->
         needed = math.ceil(worker_hours / hours)
         print(f"- in {hours:g} h: {worker_hours:,.1f} / {hours:g} = {needed:,} workers (cores)")
     data_tb = target * bytes_per_doc / 1e12
+    per_byte = per_worker * bytes_per_doc
     print(
         f"- data read: {target:,} x {bytes_per_doc:,.0f} bytes = {data_tb:,.1f} TB; "
-        f"per worker {per_worker * bytes_per_doc / 2**20:,.1f} MiB/s"
+        f"per worker {per_byte / 2**20:,.1f} MiB/s"
+    )
+    # The scan's cost is per token, not per document: a crawl's documents are longer.
+    web = args.web_doc_bytes
+    web_hours = target * web / per_byte / 3600
+    print(
+        f"- with {web:,}-byte documents (a web crawl's): {target:,} x {web:,} / "
+        f"{per_byte / 2**20:,.1f} MiB/s / 3600 = {web_hours:,.0f} worker-hours; "
+        f"{math.ceil(web_hours):,} workers for 1 h, {math.ceil(web_hours / 24):,} for 24 h"
     )
     print(
         f"- worker memory does not grow with the training split (a 64 MiB shard at a time "

@@ -68,8 +68,9 @@ class _Series:
 
 
 class LiveTable:
-    """The live model's state as a ParamTable: each tensor copied to the CPU when read,
-    one at a time, so the statistics pass never holds more than one extra tensor."""
+    """The live model's state as a ParamTable, one tensor at a time: a tensor on the CPU
+    is read in place (the statistics only read it, and a check runs between steps), any
+    other is copied to the CPU, so the pass never holds more than one extra tensor."""
 
     format = "live"
 
@@ -86,7 +87,10 @@ class LiveTable:
         ]
 
     def read(self, name: str) -> Any:
-        return self._tensors[name].detach().to("cpu", copy=True).contiguous()
+        tensor = self._tensors[name].detach()
+        if tensor.device.type == "cpu" and tensor.is_contiguous():
+            return tensor
+        return tensor.to("cpu", copy=True).contiguous()
 
     def close(self) -> None:
         self._tensors = {}

@@ -86,6 +86,22 @@ def test_one_tensor_that_grows_is_a_warning_and_many_at_once_an_error(healthy) -
     assert len(layer) == 2 and all(f.severity is None for f in grown(layer))
 
 
+def test_the_parameter_checks_read_the_weights_in_place_and_leave_them_as_they_were() -> None:
+    """No copy of a CPU tensor is made (the memory goal is at most one), so the check must
+    not write into what it reads: every weight is bit for bit the same after the final
+    check, which runs every rule that can read a live model."""
+    from diag.demo import HEALTHY, build_model
+
+    model = build_model(HEALTHY, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    session = LiveSession(model, echo=lambda line: None, budget=1.0)
+    session.check(1, kinds=("params",))
+    session.finish()
+    assert session.result.metadata["live"]["checks"] >= 1
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_a_nan_loss_stops_the_run_on_the_step_it_happens() -> None:
     run = train_live(LiveFault(nan_at=50), every_n_steps=EVERY, **QUIET)
     assert run.stopped is not None and run.steps == 50

@@ -52,6 +52,7 @@ MIN_SHARD_ROWS = 2_000
 MIN_SHARD_BYTES = 1024**2
 CHUNK = 2048  # documents handed to a stage at once inside a shard, as in process
 MAX_LINE_BYTES = 16 * 1024**2  # as the in-process JSON Lines loader
+URL_RETRY_SECONDS = 10  # how long an object store that does not answer is retried
 
 PARQUET, JSONL, SPLIT = "parquet", "jsonl", "split"
 _SUFFIXES = {
@@ -82,9 +83,17 @@ def filesystem(location: str) -> tuple[Any, str]:
     if not is_url(location):
         return pafs.LocalFileSystem(), location
     try:
-        return pafs.FileSystem.from_uri(location)
+        fs, path = pafs.FileSystem.from_uri(location)
     except Exception as exc:  # a scheme pyarrow has no native filesystem for
         native_error = exc
+    else:
+        if fs.type_name == "gcs":
+            # pyarrow's GCS client retries for 15 minutes by default (an unreachable
+            # service, missing credentials): a check must fail in seconds, on one line.
+            from datetime import timedelta
+
+            fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=URL_RETRY_SECONDS))
+        return fs, path
     try:
         import fsspec
 

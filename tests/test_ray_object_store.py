@@ -170,6 +170,22 @@ def test_a_url_needs_the_ray_engine(tmp_path) -> None:
     assert "needs --engine ray" in result.output and json.dumps(url)[1:-1] in result.output
 
 
+def test_an_object_store_that_does_not_answer_is_a_one_line_error(tmp_path) -> None:
+    """GCS with no route and no credentials here: pyarrow would retry for 15 minutes by
+    default; diag's client gives up after URL_RETRY_SECONDS."""
+    from datetime import timedelta
+
+    fs, _ = ray_data.filesystem("gs://no-bucket/train.parquet")
+    state = fs.__reduce__()[1][0]  # what the filesystem was built with
+    assert state["retry_time_limit"] == timedelta(seconds=ray_data.URL_RETRY_SECONDS)
+    (tmp_path / "t.jsonl").write_text('{"text": "a b c"}\n')
+    args = ["check", "--split", "train=gs://no-bucket/train.parquet"]
+    args += ["--split", f"test={tmp_path}/t.jsonl", "--engine", "ray", "--isolated", "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "gs://no-bucket/train.parquet" in result.output
+
+
 def test_a_corrupt_record_read_by_a_worker_is_a_one_line_error(texts, tmp_path) -> None:
     train, test = texts["clean"]
     bad = tmp_path / "train.jsonl"

@@ -497,6 +497,12 @@ class ContaminationReport:
     hit_bytes: int  # size of the merged hits: what streaming the training split kept
 
 
+# How the training split is streamed into hits: (index, train, chunk_size, quiet) ->
+# (the merged hits, the split to re-read candidates from). In process by default; an
+# engine (diag.data_engines.RayEngine.scan_contamination) scans it on a cluster.
+Scan = Callable[["EvalIndex", "Split", int, bool], tuple["Hits", "Split"]]
+
+
 def contamination(
     train: Split,
     evaluation: Split,
@@ -508,13 +514,21 @@ def contamination(
     min_units: int | None = None,
     chunk_size: int = 2048,
     quiet: bool = True,
+    scan: Scan | None = None,
 ) -> ContaminationReport:
     """Which documents of `evaluation` occur in `train`, streaming `train` once."""
-    from diag.progress import Progress as Bar
-
     n = n or default_n(mode)
     eval_texts = split_texts(evaluation, chunk_size)
     index = eval_index(eval_texts, n, mode, min_units=min_units)
+    hits, reread = (scan or scan_here)(index, train, chunk_size, quiet)
+    limit = doc_frequency_limit(len(train), max_doc_count, max_doc_fraction)
+    return conclude(reread, evaluation, index, eval_texts, hits, limit)
+
+
+def scan_here(index: EvalIndex, train: Split, chunk_size: int, quiet: bool) -> tuple[Hits, Split]:
+    """Stages 2-3 in this process: the training split's hits, merged as they stream."""
+    from diag.progress import Progress as Bar
+
     total = len(train)
     acc = Hits.empty()
     with Bar(quiet or total < 20_000, total, "eval-contamination", unit="documents") as advance:
@@ -523,8 +537,7 @@ def contamination(
             acc = merge([acc, train_hits(index, texts, start)], keep=KEEP_DOCS)
             if advance is not None:
                 advance(start + len(texts), total)
-    limit = doc_frequency_limit(total, max_doc_count, max_doc_fraction)
-    return conclude(train, evaluation, index, eval_texts, acc, limit)
+    return acc, train
 
 
 def split_texts(split: Split, chunk_size: int = 2048) -> list[str]:
@@ -629,8 +642,8 @@ class ContaminationCheck:
 
     splits: dict[str, Split]
     quiet: bool = True
-    # Where the training split is scanned: None is this process; else an object with a
-    # `contamination(train, evaluation, **options)` like the function above (RayEngine).
+    # Where the training split is scanned: None is this process; else an engine with a
+    # `scan_contamination` (a `Scan`: diag.data_engines.RayEngine).
     engine: Any = None
     _done: dict[tuple, list[ContaminationReport]] = field(default_factory=dict, repr=False)
 
@@ -643,9 +656,9 @@ class ContaminationCheck:
         if key not in self._done:
             train = train_split(self.splits)
             base = self.splits[train]
-            scan = contamination if self.engine is None else self.engine.contamination
+            scan = None if self.engine is None else self.engine.scan_contamination
             self._done[key] = [
-                scan(base, split, quiet=self.quiet, **options)
+                contamination(base, split, quiet=self.quiet, scan=scan, **options)  # type: ignore[arg-type]
                 for name, split in self.splits.items()
                 if name != train and split.kind == TEXT == base.kind and len(split)
             ]

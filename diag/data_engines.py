@@ -113,21 +113,12 @@ class RayEngine:
         inside = {name: ray.get(ref) for name, ref in groups.items()}
         return LeakageReport(dict(splits), comparisons, inside)
 
-    def contamination(
-        self,
-        train: Any,
-        evaluation: Any,
-        *,
-        n: int | None = None,
-        mode: str = "tokens",
-        max_doc_count: int | None = None,
-        max_doc_fraction: float | None = None,
-        min_units: int | None = None,
-        chunk_size: int = 2048,
-        quiet: bool = True,
-    ) -> Any:
-        """eval-contamination's stages with the training split scanned on Ray Data: the
-        same report as `diag.contamination.contamination` (see diag.ray_data)."""
+    def scan_contamination(
+        self, index: Any, train: Any, chunk_size: int = 2048, quiet: bool = True
+    ) -> tuple[Any, Any]:
+        """eval-contamination's scan (a diag.contamination.Scan) on Ray Data: the workers
+        turn the training split's shards into hits against `index`; returns the hits
+        merged, and the split to re-read the candidates from (see diag.ray_data)."""
         from dataclasses import replace
 
         from diag import contamination as dc
@@ -135,8 +126,6 @@ class RayEngine:
         from diag.progress import Progress
 
         _ray(self.address)
-        eval_texts = dc.split_texts(evaluation, chunk_size)
-        index = dc.eval_index(eval_texts, n or dc.default_n(mode), mode, min_units=min_units)
         shards = text_shards(self.specs[train.name], train)
         total = len(train)
         with Progress(
@@ -159,18 +148,12 @@ class RayEngine:
             dc.Hits(h.keys, h.counts, h.pair_keys, h.pair_docs + first)
             for first, (_, h) in zip(samples.first_ids().tolist(), parts, strict=True)
         ]
-        merged = dc.merge(hits, keep=dc.KEEP_DOCS)
-        limit = dc.doc_frequency_limit(
-            total,
-            dc.MAX_DOC_COUNT if max_doc_count is None else max_doc_count,
-            dc.MAX_DOC_FRACTION if max_doc_fraction is None else max_doc_fraction,
-        )
         # Verification re-reads the candidates from their shards, in the workers; a split
         # read by diag's own loader is re-read by the driver's copy of it, as in process.
         reread = (
             train if shards and shards[0].fmt == ray_data.SPLIT else replace(train, samples=samples)
         )
-        return dc.conclude(reread, evaluation, index, eval_texts, merged, limit)
+        return dc.merge(hits, keep=dc.KEEP_DOCS), reread
 
 
 def engine_for(

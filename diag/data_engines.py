@@ -37,7 +37,6 @@ workers is not built.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,11 +288,11 @@ def _digest_on_ray_data(
 
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = not quiet and sys.stderr.isatty()
+    from diag.ray_data import data_context
+
+    context = data_context(progress_bars=not quiet and sys.stderr.isatty())
     # Block k is shard k: the join asks for its splits' blocks by position.
     context.execution_options.preserve_order = True
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     digested = ds.map_batches(
         _digest_batch, fn_kwargs={"specs": dict(specs)}, batch_size=1, batch_format="numpy"

@@ -342,6 +342,17 @@ def _jsonl_lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
 # ------------------------------------------------------------------ the stage on Ray Data
 
 
+def data_context(progress_bars: bool = False) -> Any:
+    """Ray Data's context for diag's stages: its own logging at errors only, its progress
+    bars only when asked (diag draws its own where it can count)."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress_bars
+    return context
+
+
 def run_stage(
     shards: Sequence[Shard],
     stage: Callable[[Any, Iterator[tuple[int, list[str]]]], Any],
@@ -354,8 +365,7 @@ def run_stage(
     import ray
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    data_context()
     # In a list, the references reach the workers as references: each fetches them once.
     shared = [ray.put(tuple(shards)), ray.put(state), stage]
     items = [{"shard": i} for i in range(len(shards))]
